@@ -1,0 +1,214 @@
+"""The top-level runner: the only code that reads a config.
+
+`run(config, workdir)` loads data, partitions it, builds the graph and the simulator, runs the
+rounds and writes
+  workdir/config.json      the resolved config
+  workdir/partition.json   per-device sample counts and label histograms
+  workdir/metrics.jsonl    one JSON object per evaluated round
+  workdir/summary.json     rounds_to_target, final accuracies, timings, versions
+"""
+
+import json
+import math
+import os
+import platform
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from p2pl_jax import data as data_lib
+from p2pl_jax import graphs, mixing, network, partition, simulation, sync
+from p2pl_jax.consensus import BACKENDS
+from p2pl_jax.errors import ConfigError, check_choice, check_range
+from p2pl_jax.metrics import make_evaluator, summarize
+from p2pl_jax.models import MODELS, make_model
+
+
+class DivergenceError(RuntimeError):
+    """Training produced a non-finite loss or parameters."""
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Checks every config field this runner reads; raises ConfigError naming the field."""
+    check_choice("dataset", c.dataset, data_lib.DATASETS)
+    check_choice("partition", c.partition, partition.SCHEMES)
+    check_choice("model", c.model, MODELS)
+    check_choice("topology", c.topology, graphs.TOPOLOGIES)
+    check_choice("mixing", c.mixing, mixing.SCHEMES)
+    check_choice("consensus_backend", c.consensus_backend, BACKENDS)
+    check_choice("sync", c.sync, sync.SYNC_MODES)
+    check_choice("link_failure_mode", c.link_failure_mode, network.LINK_MODES)
+    check_choice("algorithm", c.algorithm, simulation.ALGORITHMS)
+    check_choice("momentum_after_consensus", c.momentum_after_consensus,
+                 simulation.MOMENTUM_AFTER_CONSENSUS)
+    check_range("num_devices", c.num_devices, 1, integer=True)
+    check_range("rounds", c.rounds, 0, integer=True)
+    check_range("local_epochs", c.local_epochs, 1, integer=True)
+    check_range("batch_size", c.batch_size, 1, integer=True)
+    check_range("learning_rate", c.learning_rate, 0.0, lo_open=True)
+    check_range("momentum", c.momentum, 0.0, 1.0, hi_open=True)
+    check_range("link_failure_prob", c.link_failure_prob, 0.0, 1.0)
+    check_range("eval_every", c.eval_every, 1, integer=True)
+    check_range("target_accuracy", c.target_accuracy, 0.0, 1.0)
+    check_range("eval_device_chunk", c.eval_device_chunk, 1, integer=True)
+    check_range("eval_example_chunk", c.eval_example_chunk, 1, integer=True)
+    check_range("seed", c.seed, 0, integer=True)
+    if c.samples_per_device != -1:
+        check_range("samples_per_device", c.samples_per_device, 1, integer=True)
+    if not all(isinstance(h, int) and h >= 1 for h in c.hidden_sizes):
+        raise ConfigError(f"hidden_sizes={tuple(c.hidden_sizes)!r} must be positive integers, "
+                          "e.g. (200, 200)")
+
+
+def _partition(c, ds: data_lib.Dataset, num_devices: int) -> list[np.ndarray]:
+    fractions = None
+    if c.partition == "skew" and c.skew_top_fraction > 0:
+        check_range("skew_top_fraction", c.skew_top_fraction, 0.0, 1.0, hi_open=True)
+        fractions = partition.one_device_fraction(num_devices, c.skew_top_fraction)
+    return partition.partition(
+        ds.y_train, num_devices, c.partition, np.random.default_rng(c.seed),
+        samples_per_device=None if c.samples_per_device == -1 else c.samples_per_device,
+        shards_per_device=c.shards_per_device, dirichlet_alpha=c.dirichlet_alpha,
+        skew_sigma=c.skew_sigma, skew_fractions=fractions, min_size=c.min_samples_per_device)
+
+
+def _graph(c, num_devices: int):
+    return graphs.make_graph(
+        c.topology, num_devices, seed=c.seed, radius=c.graph_radius, p=c.graph_p,
+        k=c.graph_k, m=c.graph_m, degree=c.graph_degree,
+        grid_rows=None if c.graph_rows == -1 else c.graph_rows,
+        edgelist_path=c.edgelist_path or None, allow_disconnected=c.allow_disconnected)
+
+
+def build(c: ml_collections.ConfigDict) -> tuple[simulation.Simulator, data_lib.Dataset, dict]:
+    """Data, partition, graph and simulator for a validated config; also host-side info."""
+    ds = data_lib.load_dataset(c.dataset, c.data_dir or None)
+    parts = _partition(c, ds, c.num_devices)
+    stats = partition.partition_stats(ds.y_train, parts, ds.num_classes)
+    if c.algorithm == "centralized":   # one model on the union of the devices' data
+        parts = [np.concatenate(parts)]
+        adj = np.zeros((1, 1), bool)
+    else:
+        adj = graphs.adjacency(_graph(c, c.num_devices))
+    model = make_model(c.model, hidden_sizes=c.hidden_sizes, num_classes=ds.num_classes)
+    sim = simulation.Simulator(
+        model=model, x=ds.x_train, y=ds.y_train, parts=parts, adj=adj,
+        algorithm=c.algorithm, mixing_scheme=c.mixing, sync_mode=c.sync,
+        backend=c.consensus_backend, link_failures=c.link_failure_prob > 0,
+        link_mode=c.link_failure_mode, momentum_after_consensus=c.momentum_after_consensus,
+        local_epochs=c.local_epochs, batch_size=c.batch_size)
+    info: dict[str, Any] = {"partition": stats, "diameter": sim.diameter,
+                            "consensus_backend": sim.backend, "data_source": ds.source,
+                            "num_edges": int(adj.sum() // 2)}
+    if c.algorithm == "p2pl" and adj.shape[0] <= 2000:
+        w = mixing.mixing_matrix(adj, np.array([len(p) for p in parts]), c.mixing)
+        info.update({k: float(v) for k, v in mixing.spectral_info(w).items()})
+    return sim, ds, info
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _check_finite(record: dict, round_index: int, lr: float) -> None:
+    bad = [k for k in ("train_loss", "test_loss") if k in record
+           and not math.isfinite(record[k])]
+    if bad:
+        raise DivergenceError(
+            f"training diverged at round {round_index}: {', '.join(bad)} is not finite. "
+            f"The likely cause is a learning rate too large for this setting "
+            f"(learning_rate={lr}); try a smaller one. Metrics up to the previous evaluated "
+            f"round are kept in metrics.jsonl.")
+
+
+def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Runs one simulation described by config `c`, writing its outputs to `workdir`."""
+    validate(c)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, ".write_test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"workdir={workdir!r} is not a writable directory: {e}") from e
+    _write_json(os.path.join(workdir, "config.json"), c.to_dict())
+    sim, ds, info = build(c)
+    _write_json(os.path.join(workdir, "partition.json"), info.pop("partition"))
+    logging.info("devices=%d algorithm=%s topology=%s (diameter %d, %d edges) backend=%s "
+                 "data=%s", sim.num_devices, c.algorithm, c.topology, info["diameter"],
+                 info["num_edges"], sim.backend, info["data_source"])
+
+    hp = simulation.make_hparams(c.learning_rate, c.momentum, c.link_failure_prob)
+    evaluate = make_evaluator(sim.model.apply, jnp.asarray(ds.x_test),
+                              jnp.asarray(ds.y_test, jnp.int32),
+                              device_chunk=c.eval_device_chunk,
+                              example_chunk=c.eval_example_chunk)
+    t0 = time.perf_counter()
+    state = sim.init(c.seed)
+    compile_time = sim.compile(state, hp, return_local=c.eval_after_local)
+    compile_time += evaluate.compile(state.params)
+    jax.block_until_ready(state)
+
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    rounds_to_target = None
+    last: dict = {}
+    start = time.perf_counter()
+    eval_time = 0.0
+    with open(metrics_path, "w") as out:
+        for r in range(1, c.rounds + 1):
+            is_eval = r % c.eval_every == 0 or r == c.rounds
+            if is_eval and c.eval_after_local:
+                state, round_metrics, local_params = sim.step(state, hp, return_local=True)
+            else:
+                state, round_metrics = sim.step(state, hp)
+            if not is_eval:
+                continue
+            te = time.perf_counter()
+            record = {"round": r, **summarize(evaluate(state.params))}
+            if c.eval_after_local:
+                local = summarize(evaluate(local_params))
+                record.update({f"local_{k}": v for k, v in local.items()
+                               if k != "consensus_distance"})
+            record.update({k: float(v) for k, v in jax.device_get(round_metrics).items()})
+            eval_time += time.perf_counter() - te
+            record["wall_s"] = time.perf_counter() - start
+            _check_finite(record, r, c.learning_rate)
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+            last = record
+            logging.info("round %4d  acc min %.4f mean %.4f max %.4f  loss %.4f  "
+                         "consensus %.3g  %.1fs", r, record["acc_min"], record["acc_mean"],
+                         record["acc_max"], record["test_loss"],
+                         record["consensus_distance"], record["wall_s"])
+            if rounds_to_target is None and record["acc_min"] >= c.target_accuracy:
+                rounds_to_target = r
+                if c.stop_at_target:
+                    break
+    wall = time.perf_counter() - t0
+    summary = {
+        "rounds_to_target": rounds_to_target,
+        "target_accuracy": c.target_accuracy,
+        "final_acc_min": last.get("acc_min"),
+        "final_acc_mean": last.get("acc_mean"),
+        "final_acc_max": last.get("acc_max"),
+        "rounds_run": int(state.round),
+        "wall_time_s": wall,
+        "compile_time_s": compile_time,
+        "eval_time_s": eval_time,
+        "backend": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "jax_version": jax.__version__,
+        "host": platform.node(),
+        **info,
+    }
+    _write_json(os.path.join(workdir, "summary.json"), summary)
+    return summary

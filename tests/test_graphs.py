@@ -1,0 +1,151 @@
+"""Tests for p2pl_jax.graphs."""
+
+import networkx as nx
+import numpy as np
+import pytest
+
+from p2pl_jax.errors import ConfigError
+from p2pl_jax.graphs import (
+    TOPOLOGIES,
+    adjacency,
+    diameter,
+    edges,
+    make_graph,
+    neighbour_lists,
+)
+
+RANDOM = ("random_geometric", "erdos_renyi", "watts_strogatz", "barabasi_albert",
+          "random_regular")
+KW = {"random_geometric": {"radius": 0.7}, "erdos_renyi": {"p": 0.5},
+      "watts_strogatz": {"k": 4, "p": 0.3}}
+
+
+@pytest.fixture
+def edgefile(tmp_path):
+    def write(text):
+        path = tmp_path / "edges.txt"
+        path.write_text(text)
+        return str(path)
+    return write
+
+
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+@pytest.mark.parametrize("n", [6, 12])
+def test_every_topology_builds(topology, n, edgefile):
+    kw = dict(KW.get(topology, {}))
+    if topology == "edgelist":
+        kw["edgelist_path"] = edgefile("# ring\n" + "".join(f"{i} {(i + 1) % n}\n"
+                                                          for i in range(n)) + "\n")
+    g = make_graph(topology, n, seed=1, **kw)
+    assert sorted(g.nodes) == list(range(n))
+    assert nx.is_connected(g)
+    adj = adjacency(g)
+    assert adj.shape == (n, n) and adj.dtype == bool
+    assert np.array_equal(adj, adj.T)
+    assert not adj.diagonal().any()
+    assert nx.number_of_selfloops(g) == 0
+
+
+@pytest.mark.parametrize("topology", RANDOM)
+def test_random_graphs_seeded(topology):
+    kw = KW.get(topology, {})
+    a = adjacency(make_graph(topology, 20, seed=3, **kw))
+    b = adjacency(make_graph(topology, 20, seed=3, **kw))
+    c = adjacency(make_graph(topology, 20, seed=4, **kw))
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("n", [3, 4, 7, 10])
+def test_diameters(n):
+    assert diameter(make_graph("cycle", n)) == n // 2
+    assert diameter(make_graph("path", n)) == n - 1
+    assert diameter(make_graph("complete", n)) == 1
+    assert diameter(make_graph("star", n)) == 2
+    assert diameter(make_graph("complete", 1)) == 0
+
+
+def test_grid_shapes():
+    g = make_graph("grid", 12)  # 3 x 4
+    assert diameter(g) == 2 + 3
+    assert make_graph("grid", 12, grid_rows=2).number_of_edges() == 2 * 5 + 6
+    assert nx.is_isomorphic(make_graph("grid", 5), nx.path_graph(5))  # 1 x 5
+    torus = make_graph("torus", 16)
+    assert all(d == 4 for _, d in torus.degree)
+    with pytest.raises(ConfigError, match="graph_rows"):
+        make_graph("grid", 12, grid_rows=5)
+
+
+def test_disconnected():
+    with pytest.raises(ConfigError, match="disconnected") as e:
+        make_graph("random_geometric", 30, radius=0.01)
+    assert "graph_radius" in str(e.value) and "allow_disconnected" in str(e.value)
+    g = make_graph("random_geometric", 30, radius=0.01, allow_disconnected=True)
+    assert g.number_of_nodes() == 30
+    two_paths = nx.disjoint_union(nx.path_graph(4), nx.path_graph(2))
+    assert diameter(two_paths) == 3
+
+
+def test_edges_sorted():
+    adj = adjacency(make_graph("erdos_renyi", 15, p=0.4, seed=2))
+    e = edges(adj)
+    assert e.dtype == np.int32 and e.shape == (adj.sum() // 2, 2)
+    assert np.all(e[:, 0] < e[:, 1])
+    assert [tuple(x) for x in e] == sorted(tuple(x) for x in e)
+    assert adj[e[:, 0], e[:, 1]].all()
+
+
+@pytest.mark.parametrize("topology,kw", [("star", {}), ("path", {}),
+                                         ("barabasi_albert", {"m": 2}),
+                                         ("erdos_renyi", {"p": 0.5})])
+def test_neighbour_lists(topology, kw):
+    adj = adjacency(make_graph(topology, 13, seed=5, **kw))
+    nl = neighbour_lists(adj)
+    n = adj.shape[0]
+    deg = adj.sum(axis=1)
+    assert nl.idx.shape == nl.valid.shape == nl.edge_id.shape == (n, deg.max() + 1)
+    assert nl.idx.dtype == nl.edge_id.dtype == np.int32
+    assert np.array_equal(nl.idx[:, 0], np.arange(n)) and nl.valid[:, 0].all()
+    e = edges(adj)
+    for i in range(n):
+        nbrs = nl.idx[i, 1:][nl.valid[i, 1:]]
+        assert sorted(nbrs) == list(np.flatnonzero(adj[i]))
+        assert np.all(nl.idx[i, 1:][~nl.valid[i, 1:]] == i)  # padding repeats self
+        assert np.all(nl.edge_id[i][~nl.valid[i]] == -1) and nl.edge_id[i, 0] == -1
+        for k in np.flatnonzero(nl.valid[i, 1:]) + 1:
+            u, v = sorted((i, nl.idx[i, k]))
+            assert tuple(e[nl.edge_id[i, k]]) == (u, v)
+
+
+def test_errors(edgefile, tmp_path):
+    with pytest.raises(ConfigError, match="topology.*'complete'.*'edgelist'"):
+        make_graph("hypercube", 8)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match="graph_p"):
+            make_graph("erdos_renyi", 8, p=bad)
+    with pytest.raises(ConfigError, match="graph_radius"):
+        make_graph("random_geometric", 8, radius=0.0)
+    with pytest.raises(ConfigError, match="graph_k"):
+        make_graph("watts_strogatz", 8, k=3)
+    with pytest.raises(ConfigError, match="graph_k"):
+        make_graph("watts_strogatz", 8, k=8)
+    with pytest.raises(ConfigError, match="graph_m"):
+        make_graph("barabasi_albert", 8, m=8)
+    with pytest.raises(ConfigError, match="graph_degree"):
+        make_graph("random_regular", 7, degree=3)
+    with pytest.raises(ConfigError, match="num_devices"):
+        make_graph("cycle", 0)
+    with pytest.raises(ConfigError, match="not found"):
+        make_graph("edgelist", 4, edgelist_path=str(tmp_path / "nope.txt"))
+    with pytest.raises(ConfigError, match="edgelist_path"):
+        make_graph("edgelist", 4)
+    with pytest.raises(ConfigError, match="no edges"):
+        make_graph("edgelist", 4, edgelist_path=edgefile("# nothing\n\n"))
+    with pytest.raises(ConfigError, match="line 2"):
+        make_graph("edgelist", 4, edgelist_path=edgefile("0 1\n1 x\n"))
+    with pytest.raises(ConfigError, match="line 3"):
+        make_graph("edgelist", 4, edgelist_path=edgefile("0 1\n\n1 2 3\n"))
+    with pytest.raises(ConfigError, match="out of range"):
+        make_graph("edgelist", 4, edgelist_path=edgefile("0 1\n1 4\n"))
+    with pytest.raises(ConfigError, match="self loop"):
+        make_graph("edgelist", 4, edgelist_path=edgefile("0 1\n2 2\n"))

@@ -1,0 +1,178 @@
+import json
+import time
+
+import numpy as np
+import pytest
+
+from p2pl_jax.errors import ConfigError
+from p2pl_jax.partition import (
+    SCHEMES,
+    one_device_fraction,
+    pad_partition,
+    partition,
+    partition_stats,
+)
+
+
+def mnist_like(n=6000, seed=0):
+    """n labels, 10 balanced classes, in random order."""
+    return np.random.default_rng(seed).permutation(np.arange(n) % 10)
+
+
+def parts_for(scheme, seed=0, labels=None, **kw):
+    labels = mnist_like() if labels is None else labels
+    return partition(labels, kw.pop("num_devices", 20), scheme, np.random.default_rng(seed), **kw)
+
+
+def check_valid(parts, n, num_devices, min_size=1):
+    assert len(parts) == num_devices
+    flat = np.concatenate(parts)
+    assert all(p.dtype == np.int64 for p in parts)
+    assert len(np.unique(flat)) == len(flat)  # disjoint
+    assert flat.min() >= 0 and flat.max() < n
+    assert min(len(p) for p in parts) >= min_size
+    return flat
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("spd", [None, 50])
+def test_common_properties(scheme, spd):
+    parts = parts_for(scheme, samples_per_device=spd, min_size=5)
+    flat = check_valid(parts, 6000, 20, min_size=5)
+    if spd is not None:
+        assert len(flat) == 20 * 50
+    same = parts_for(scheme, samples_per_device=spd, min_size=5)
+    other = parts_for(scheme, seed=1, samples_per_device=spd, min_size=5)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, same, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(parts, other, strict=True))
+
+
+def test_iid():
+    parts = parts_for("iid")
+    assert [len(p) for p in parts] == [300] * 20
+    assert len(check_valid(parts, 6000, 20)) == 6000
+    assert [len(p) for p in parts_for("iid", num_devices=7)] == [857] * 7
+    assert [len(p) for p in parts_for("iid", samples_per_device=10)] == [10] * 20
+
+
+def test_shards_few_labels_per_device():
+    labels = mnist_like()
+    parts = parts_for("shards", labels=labels, num_devices=100, shards_per_device=2)
+    check_valid(parts, 6000, 100)
+    assert [len(p) for p in parts] == [60] * 100
+    n_labels = np.array([len(np.unique(labels[p])) for p in parts])
+    assert n_labels.max() <= 4
+    assert np.median(n_labels) <= 2 and n_labels.mean() < 2.5
+    assert np.bincount(labels[np.concatenate(parts)]).tolist() == [600] * 10
+
+
+def label_fractions(labels, parts):
+    stats = partition_stats(labels, parts, 10)
+    hist = np.array(stats["label_histograms"], dtype=float)
+    return hist / hist.sum(1, keepdims=True)
+
+
+def test_dirichlet_alpha_controls_skew():
+    labels = mnist_like()
+    exact = check_valid(parts_for("dirichlet", labels=labels, dirichlet_alpha=100.0), 6000, 20)
+    assert len(exact) == 6000
+    near_uniform = label_fractions(labels, parts_for("dirichlet", labels=labels,
+                                                     dirichlet_alpha=100.0))
+    assert np.abs(near_uniform - 0.1).max() < 0.08
+    # p_c ~ Dir(alpha) is drawn per class over devices, so the skew seen by one device depends
+    # on num_devices / num_classes: at 100 devices the statistic lies in [0.76, 0.85] over seeds.
+    skewed = label_fractions(labels, parts_for("dirichlet", labels=labels, num_devices=100,
+                                               dirichlet_alpha=0.05))
+    assert skewed.max(1).mean() > 0.75
+    assert near_uniform.max(1).mean() < 0.2
+
+
+def test_dirichlet_tiny_alpha_many_devices_fast_and_exact():
+    labels = mnist_like(60000)
+    t0 = time.perf_counter()
+    parts = partition(labels, 1000, "dirichlet", np.random.default_rng(0), dirichlet_alpha=0.01)
+    assert time.perf_counter() - t0 < 2.0
+    assert len(check_valid(parts, 60000, 1000)) == 60000
+    parts = partition(labels, 1000, "dirichlet", np.random.default_rng(0), dirichlet_alpha=1e-4,
+                      min_size=20)
+    assert len(check_valid(parts, 60000, 1000, min_size=20)) == 60000
+
+
+def test_skew_one_device():
+    fr = one_device_fraction(100, 0.99)
+    assert fr[0] == 0.99 and abs(sum(fr) - 1) < 1e-12
+    parts = parts_for("skew", labels=mnist_like(60000), num_devices=100, skew_fractions=fr)
+    sizes = [len(p) for p in parts]
+    assert sum(sizes) == 60000 and sizes[0] == 59400 and min(sizes) >= 6
+    check_valid(parts, 60000, 100)
+
+
+def test_skew_min_size_taken_from_largest():
+    fr = one_device_fraction(10, 1.0)
+    parts = parts_for("skew", num_devices=10, skew_fractions=fr, min_size=100)
+    assert [len(p) for p in parts] == [5100] + [100] * 9
+
+
+def test_skew_lognormal_spread_grows_with_sigma():
+    def cv(sigma):
+        sizes = np.array([len(p) for p in parts_for("skew", labels=mnist_like(60000),
+                                                    num_devices=200, skew_sigma=sigma)])
+        assert sizes.sum() == 60000
+        return sizes.std() / sizes.mean()
+
+    cvs = [cv(s) for s in (0.0, 0.5, 1.0, 2.0)]
+    assert cvs[0] < 0.01
+    assert cvs == sorted(cvs) and cvs[3] > 2 * cvs[1]
+
+
+def test_pad_partition():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 3, 2)).astype(np.float32)
+    y = rng.integers(0, 10, 100)
+    parts = [np.array([5, 1, 7]), np.array([], dtype=np.int64), np.array([9, 0, 2, 3, 4])]
+    pd = pad_partition(x, y, parts)
+    assert pd.x.shape == (3, 5, 3, 2) and pd.x.dtype == np.float32
+    assert pd.y.shape == (3, 5) and pd.y.dtype == np.int32
+    assert pd.sizes.tolist() == [3, 0, 5] and pd.sizes.dtype == np.int32
+    assert pd.mask.tolist() == [[True] * 3 + [False] * 2, [False] * 5, [True] * 5]
+    for i, p in enumerate(parts):
+        np.testing.assert_array_equal(pd.x[i, : len(p)], x[p])
+        np.testing.assert_array_equal(pd.y[i, : len(p)], y[p])
+    assert not pd.x[~pd.mask].any() and not pd.y[~pd.mask].any()
+
+
+def test_partition_stats_json():
+    labels = mnist_like()
+    parts = parts_for("dirichlet", labels=labels)
+    stats = json.loads(json.dumps(partition_stats(labels, parts, 10)))
+    assert stats["sizes"] == [len(p) for p in parts]
+    assert [sum(h) for h in stats["label_histograms"]] == stats["sizes"]
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(scheme="random"), "scheme='random'.*'iid', 'shards', 'dirichlet', 'skew'"),
+    (dict(num_devices=0), "num_devices=0"),
+    (dict(num_devices=7000), "num_devices=7000.*only 6000"),
+    (dict(num_devices=100, min_size=61), "num_devices=100.*min_size=61.*only 6000"),
+    (dict(samples_per_device=400), "samples_per_device=400.*300"),
+    (dict(scheme="shards", num_devices=100, shards_per_device=61), "shards_per_device=61"),
+    (dict(scheme="dirichlet", dirichlet_alpha=0.0), "dirichlet_alpha=0.0"),
+    (dict(scheme="dirichlet", dirichlet_alpha=-1.0), "dirichlet_alpha"),
+    (dict(scheme="skew", skew_sigma=-0.5), "skew_sigma=-0.5"),
+    (dict(scheme="skew", skew_fractions=[0.5, 0.5]), "skew_fractions.*20 .num_devices"),
+    (dict(scheme="skew", skew_fractions=[0.1] * 20), r"skew_fractions.*sum 2"),
+    (dict(scheme="skew", skew_fractions=[-0.05, 0.1] + [0.95 / 18] * 18), "skew_fractions"),
+])
+def test_config_errors(kw, match):
+    kw = dict(scheme="iid", num_devices=20) | kw
+    with pytest.raises(ConfigError, match=match):
+        partition(mnist_like(), kw.pop("num_devices"), kw.pop("scheme"),
+                  np.random.default_rng(0), **kw)
+
+
+def test_one_device_fraction_errors():
+    with pytest.raises(ConfigError, match="num_devices"):
+        one_device_fraction(0, 0.5)
+    with pytest.raises(ConfigError, match="fraction"):
+        one_device_fraction(10, 1.5)
+    assert one_device_fraction(1, 1.0) == [1.0]
