@@ -53,6 +53,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.learning_rate = 0.05
     c.momentum = 0.9
     c.momentum_after_consensus = "keep"  # keep | reset | mix
+    c.device_block = -1              # local phase layout: -1 auto (2 on CPU, 0 on GPU/TPU);
+    #                                  0 = vmap all devices; k = lax.map over blocks of k
 
     # Evaluation.
     c.eval_every = 1

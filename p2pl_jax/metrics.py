@@ -27,8 +27,9 @@ def consensus_distance(tree) -> jax.Array:
     """sqrt( (1/N) sum_n ||theta_n - theta_bar||^2 ), theta_bar the uniform device average."""
     sq = 0.0
     for leaf in jax.tree.leaves(tree):
-        flat = leaf.reshape(leaf.shape[0], -1)
-        sq = sq + jnp.sum(jnp.square(flat - flat.mean(axis=0, keepdims=True)))
+        # Deviations from device 0 first, so identical models give exactly 0 (no rounding).
+        dev = leaf.reshape(leaf.shape[0], -1) - leaf.reshape(leaf.shape[0], -1)[:1]
+        sq = sq + jnp.sum(jnp.square(dev - dev.mean(axis=0, keepdims=True)))
     return jnp.sqrt(sq / jax.tree.leaves(tree)[0].shape[0])
 
 
