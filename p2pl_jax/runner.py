@@ -131,6 +131,8 @@ def _write_json(path: str, obj) -> None:
 def _check_finite(record: dict, round_index: int, lr: float) -> None:
     bad = [k for k in ("train_loss", "test_loss") if k in record
            and not math.isfinite(record[k])]
+    if record.get("params_finite", 1.0) != 1.0:
+        bad.append("a parameter")
     if bad:
         raise DivergenceError(
             f"training diverged at round {round_index}: {', '.join(bad)} is not finite. "

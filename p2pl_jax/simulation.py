@@ -137,7 +137,9 @@ def round_step(state: SimState, arrays: Arrays, hp: HParams, *, spec: Spec,
         elif spec.momentum_after_consensus == "reset":
             opt_state = jax.tree.map(jnp.zeros_like, opt_state)
     new_state = state.replace(params=params, opt_state=opt_state, round=state.round + 1)
-    metrics = {"train_loss": jnp.mean(loss), "links_up": links_up}
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf))
+                                for leaf in jax.tree.leaves(params)]))
+    metrics = {"train_loss": jnp.mean(loss), "links_up": links_up, "params_finite": finite}
     if return_local:
         return new_state, metrics, local_params
     return new_state, metrics
