@@ -44,6 +44,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.sync = "max_norm"              # max_norm | none | shared_seed
     c.link_failure_prob = 0.0        # each edge down with this probability each round
     c.link_failure_mode = "symmetric"  # symmetric | asymmetric
+    c.link_burst_prob = 0.0          # probability that a round is a burst ...
+    c.link_burst_failure_prob = 0.9  # ... in which each link is down with this probability
+    c.dropout_prob = 0.0             # each device offline (no training, no messages) per round
+    c.delay_rounds = 0               # messages arrive this many rounds late (max, if random)
+    c.delay_mode = "fixed"           # fixed | random (uniform on 0..delay_rounds per link)
+    c.time_varying = False           # draw a fresh graph each round (random_geometric with
+    #                                  graph_radius, or erdos_renyi with graph_p)
 
     # Algorithm and training.
     c.algorithm = "p2pl"             # p2pl | fedavg | local | centralized
@@ -63,4 +70,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.stop_at_target = True
     c.eval_device_chunk = 10         # models evaluated together (memory bound)
     c.eval_example_chunk = 2000      # test examples per chunk (memory bound)
+
+    # Outputs and operation (these may change when a run is resumed).
+    c.checkpoint_every = 10          # checkpoint every this many rounds (and at exit); 0 = at
+    #                                  exit only. Rerunning on the same workdir resumes
+    c.progress = True                # live progress line and one log line per evaluated round;
+    #                                  False = quiet (start and end lines only)
+    c.tensorboard = True             # also write TensorBoard event files (workdir/tensorboard)
     return c

@@ -61,3 +61,25 @@ def choose_backend(backend: str, num_devices: int, max_neighbours: int) -> str:
     if backend != "auto":
         return backend
     return "dense" if (num_devices <= 32 or max_neighbours * 8 > num_devices) else "gather"
+
+
+def mix_delayed(idx: jax.Array, w: jax.Array, delays: jax.Array, history, current):
+    """Mixing with late messages: theta_n <- w_n0 theta_n + sum_k w_nk H[delay_nk][idx_nk].
+
+    history: pytree with leaves [D + 1, N, ...]; history[d] holds what every device sent d
+    rounds ago (history[0] = this round). current: [N, ...] the devices' own parameters (the
+    self term is never delayed). delays int [N, K] in {0..D}, column 0 = self.
+    """
+
+    def mix(hist, own):
+        flat_h = hist.reshape(hist.shape[0], hist.shape[1], -1)
+        flat = own.reshape(own.shape[0], -1)
+
+        def body(k, acc):
+            received = flat_h[delays[:, k], idx[:, k]]
+            return acc + w[:, k, None].astype(flat.dtype) * received
+
+        out = jax.lax.fori_loop(1, idx.shape[1], body, w[:, 0, None] * flat)
+        return out.reshape(own.shape)
+
+    return jax.tree.map(mix, history, current)

@@ -21,12 +21,15 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from p2pl_jax import checkpoint, graphs, mixing, network, partition, simulation, sync, writers
 from p2pl_jax import data as data_lib
-from p2pl_jax import graphs, mixing, network, partition, simulation, sync
+from p2pl_jax import progress as progress_lib
 from p2pl_jax.consensus import BACKENDS
 from p2pl_jax.errors import ConfigError, check_choice, check_range
 from p2pl_jax.metrics import make_evaluator, summarize
 from p2pl_jax.models import MODELS, make_model
+
+CHECKPOINT_DIR = "checkpoints"
 
 
 class DivergenceError(RuntimeError):
@@ -53,12 +56,24 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check_range("learning_rate", c.learning_rate, 0.0, lo_open=True)
     check_range("momentum", c.momentum, 0.0, 1.0, hi_open=True)
     check_range("link_failure_prob", c.link_failure_prob, 0.0, 1.0)
+    check_range("link_burst_prob", c.link_burst_prob, 0.0, 1.0)
+    check_range("link_burst_failure_prob", c.link_burst_failure_prob, 0.0, 1.0)
+    check_range("dropout_prob", c.dropout_prob, 0.0, 1.0)
+    check_range("delay_rounds", c.delay_rounds, 0, integer=True)
+    check_choice("delay_mode", c.delay_mode, network.DELAY_MODES)
+    if c.time_varying:
+        check_choice("topology (with time_varying=True)", c.topology, network.TIME_VARYING)
     check_range("eval_every", c.eval_every, 1, integer=True)
     check_range("target_accuracy", c.target_accuracy, 0.0, 1.0)
     check_range("eval_device_chunk", c.eval_device_chunk, 1, integer=True)
     check_range("eval_example_chunk", c.eval_example_chunk, 1, integer=True)
     check_range("seed", c.seed, 0, integer=True)
     check_range("device_block", c.device_block, -1, integer=True)
+    check_range("checkpoint_every", c.checkpoint_every, 0, integer=True)
+    for field in ("progress", "tensorboard", "stop_at_target", "eval_after_local",
+                  "allow_disconnected"):
+        if not isinstance(c[field], bool):
+            raise ConfigError(f"{field}={c[field]!r} must be a boolean (True or False)")
     if c.samples_per_device != -1:
         check_range("samples_per_device", c.samples_per_device, 1, integer=True)
     if not all(isinstance(h, int) and h >= 1 for h in c.hidden_sizes):
@@ -109,7 +124,10 @@ def build(c: ml_collections.ConfigDict) -> tuple[simulation.Simulator, data_lib.
         model=model, x=ds.x_train, y=ds.y_train, parts=parts, adj=adj,
         algorithm=c.algorithm, mixing_scheme=c.mixing, sync_mode=c.sync,
         backend=c.consensus_backend, link_failures=c.link_failure_prob > 0,
-        link_mode=c.link_failure_mode, momentum_after_consensus=c.momentum_after_consensus,
+        link_mode=c.link_failure_mode, link_bursts=c.link_burst_prob > 0,
+        dropouts=c.dropout_prob > 0, time_varying=c.topology if c.time_varying else "",
+        max_delay=c.delay_rounds, delay_mode=c.delay_mode,
+        momentum_after_consensus=c.momentum_after_consensus,
         local_epochs=c.local_epochs, batch_size=c.batch_size,
         device_block=resolve_device_block(c.device_block))
     info: dict[str, Any] = {"partition": stats, "diameter": sim.diameter,
@@ -121,6 +139,14 @@ def build(c: ml_collections.ConfigDict) -> tuple[simulation.Simulator, data_lib.
     return sim, ds, info
 
 
+def hparams(c: ml_collections.ConfigDict) -> simulation.HParams:
+    """The config's array-valued hyperparameters (one compiled round serves any value)."""
+    return simulation.make_hparams(
+        c.learning_rate, c.momentum, c.link_failure_prob, dropout_prob=c.dropout_prob,
+        link_burst_prob=c.link_burst_prob, link_burst_failure_prob=c.link_burst_failure_prob,
+        graph_radius=c.graph_radius, graph_p=c.graph_p)
+
+
 def _write_json(path: str, obj) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -128,22 +154,27 @@ def _write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
-def _check_finite(record: dict, round_index: int, lr: float) -> None:
+def _check_finite(record: dict, round_index: int, lr: float, last_good: int = -1) -> None:
+    """Raises DivergenceError if a loss in `record` or the round's parameters are not finite.
+
+    `last_good`: the last round known to be finite (names the interval the divergence lies in).
+    """
     bad = [k for k in ("train_loss", "test_loss") if k in record
            and not math.isfinite(record[k])]
     if record.get("params_finite", 1.0) != 1.0:
         bad.append("a parameter")
     if bad:
+        when = (f"at round {round_index}" if last_good in (-1, round_index - 1)
+                else f"between round {last_good + 1} and round {round_index} (checked at "
+                     f"evaluated and checkpointed rounds)")
         raise DivergenceError(
-            f"training diverged at round {round_index}: {', '.join(bad)} is not finite. "
+            f"training diverged {when}: {', '.join(bad)} is not finite. "
             f"The likely cause is a learning rate too large for this setting "
             f"(learning_rate={lr}); try a smaller one. Metrics up to the previous evaluated "
-            f"round are kept in metrics.jsonl.")
+            f"round are kept in metrics.jsonl, and the last good checkpoint is kept.")
 
 
-def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Runs one simulation described by config `c`, writing its outputs to `workdir`."""
-    validate(c)
+def _check_workdir(workdir: str) -> None:
     try:
         os.makedirs(workdir, exist_ok=True)
         probe = os.path.join(workdir, ".write_test")
@@ -152,6 +183,45 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
         os.remove(probe)
     except OSError as e:
         raise ConfigError(f"workdir={workdir!r} is not a writable directory: {e}") from e
+
+
+def _alive(state) -> bool:
+    """Whether none of the state's buffers has been donated away."""
+    return not any(isinstance(leaf, jax.Array) and leaf.is_deleted()
+                   for leaf in jax.tree.leaves(state))
+
+
+def _params_finite(params) -> bool:
+    return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(params)
+               if jnp.issubdtype(leaf.dtype, jnp.floating))
+
+
+def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Runs one simulation described by config `c`, writing its outputs to `workdir`.
+
+    Resumes from the newest checkpoint in `workdir/checkpoints` when there is one (written by
+    the same config up to RESUMABLE_FIELDS; anything else is a ConfigError naming the fields).
+    Raises ConfigError for user errors, DivergenceError when training diverges, and re-raises
+    KeyboardInterrupt after checkpointing the last completed round.
+    """
+    validate(c)
+    _check_workdir(workdir)
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR))
+    try:
+        return _run(c, workdir, ckpt)
+    finally:
+        ckpt.close()
+
+
+def _run(c: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpointer) -> dict:
+    fingerprint = checkpoint.fingerprint(c.to_dict())
+    restored = ckpt.restore() if ckpt.exists() else None
+    if restored is not None:
+        checkpoint.check_fingerprint(restored.meta["fingerprint"], fingerprint, ckpt.directory)
+        if restored.round > c.rounds:
+            raise ConfigError(f"rounds={c.rounds} is below the round of the checkpoint in "
+                              f"{ckpt.directory} ({restored.round}); allowed: rounds >= "
+                              f"{restored.round}, or use a new --workdir")
     _write_json(os.path.join(workdir, "config.json"), c.to_dict())
     sim, ds, info = build(c)
     _write_json(os.path.join(workdir, "partition.json"), info.pop("partition"))
@@ -159,7 +229,7 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
                  "data=%s", sim.num_devices, c.algorithm, c.topology, info["diameter"],
                  info["num_edges"], sim.backend, info["data_source"])
 
-    hp = simulation.make_hparams(c.learning_rate, c.momentum, c.link_failure_prob)
+    hp = hparams(c)
     evaluate = make_evaluator(sim.model.apply, jnp.asarray(ds.x_test),
                               jnp.asarray(ds.y_test, jnp.int32),
                               device_chunk=c.eval_device_chunk,
@@ -168,60 +238,120 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     state = sim.init(c.seed)
     compile_time = sim.compile(state, hp, return_local=c.eval_after_local)
     compile_time += evaluate.compile(state.params)
+
+    start_round, records, rounds_to_target, prior_wall = 0, [], None, 0.0
+    if restored is not None:
+        state = checkpoint.into_state(state, restored.arrays, restored.meta["leaves"],
+                                      ckpt.directory)
+        start_round, records = restored.round, restored.meta["records"]
+        rounds_to_target = restored.meta["rounds_to_target"]
+        prior_wall = restored.meta["wall_s"]
+        logging.info("resuming from the checkpoint of round %d in %s", start_round,
+                     ckpt.directory)
     jax.block_until_ready(state)
 
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    rounds_to_target = None
-    last: dict = {}
+    writer = writers.MetricsWriter(workdir, records, tensorboard=c.tensorboard)
+    progress = progress_lib.Progress(c.rounds, start_round, enabled=c.progress)
     start = time.perf_counter()
-    eval_time = 0.0
-    with open(metrics_path, "w") as out:
-        for r in range(1, c.rounds + 1):
+    eval_time = checkpoint_time = 0.0
+    saved = start_round if restored is not None else None
+    done = checked = start_round   # last round fully processed / known to be finite
+    status = "failed"
+
+    def save(round_index: int) -> None:
+        nonlocal saved, checkpoint_time
+        if saved == round_index:
+            return
+        tc = time.perf_counter()
+        ckpt.save(round_index, state, {
+            "fingerprint": fingerprint, "records": writer.records,
+            "rounds_to_target": rounds_to_target,
+            "wall_s": prior_wall + time.perf_counter() - start})
+        checkpoint_time += time.perf_counter() - tc
+        saved = round_index
+
+    progress.start()
+    try:
+        finished = rounds_to_target is not None and c.stop_at_target
+        for r in range(start_round + 1, c.rounds + 1) if not finished else ():
             is_eval = r % c.eval_every == 0 or r == c.rounds
+            is_ckpt = c.checkpoint_every > 0 and r % c.checkpoint_every == 0
             if is_eval and c.eval_after_local:
                 state, round_metrics, local_params = sim.step(state, hp, return_local=True)
             else:
                 state, round_metrics = sim.step(state, hp)
-            if not is_eval:
-                continue
-            jax.block_until_ready(state)
-            te = time.perf_counter()
-            record = {"round": r, **summarize(evaluate(state.params))}
-            if c.eval_after_local:
-                local = summarize(evaluate(local_params))
-                record.update({f"local_{k}": v for k, v in local.items()
-                               if k != "consensus_distance"})
-            record.update({k: float(v) for k, v in jax.device_get(round_metrics).items()})
-            eval_time += time.perf_counter() - te
-            record["wall_s"] = time.perf_counter() - start
-            _check_finite(record, r, c.learning_rate)
-            out.write(json.dumps(record) + "\n")
-            out.flush()
-            last = record
-            logging.info("round %4d  acc min %.4f mean %.4f max %.4f  loss %.4f  "
-                         "consensus %.3g  %.1fs", r, record["acc_min"], record["acc_mean"],
-                         record["acc_max"], record["test_loss"],
-                         record["consensus_distance"], record["wall_s"])
-            if rounds_to_target is None and record["acc_min"] >= c.target_accuracy:
-                rounds_to_target = r
-                if c.stop_at_target:
-                    break
-    wall = time.perf_counter() - t0
-    summary = {
-        "rounds_to_target": rounds_to_target,
-        "target_accuracy": c.target_accuracy,
-        "final_acc_min": last.get("acc_min"),
-        "final_acc_mean": last.get("acc_mean"),
-        "final_acc_max": last.get("acc_max"),
-        "rounds_run": int(state.round),
-        "wall_time_s": wall,
-        "compile_time_s": compile_time,
-        "eval_time_s": eval_time,
-        "backend": jax.default_backend(),
-        "device_kind": jax.devices()[0].device_kind,
-        "jax_version": jax.__version__,
-        "host": platform.node(),
-        **info,
-    }
-    _write_json(os.path.join(workdir, "summary.json"), summary)
+            record = None
+            if is_eval:
+                jax.block_until_ready(state)
+                te = time.perf_counter()
+                record = {"round": r, **summarize(evaluate(state.params))}
+                if c.eval_after_local:
+                    local = summarize(evaluate(local_params))
+                    record.update({f"local_{k}": v for k, v in local.items()
+                                   if k != "consensus_distance"})
+                record.update({k: float(v) for k, v in jax.device_get(round_metrics).items()})
+                eval_time += time.perf_counter() - te
+                record["wall_s"] = prior_wall + time.perf_counter() - start
+                _check_finite(record, r, c.learning_rate, checked)
+                writer.write(record)
+                if rounds_to_target is None and record["acc_min"] >= c.target_accuracy:
+                    rounds_to_target = r
+            elif is_ckpt:
+                _check_finite({k: float(v) for k, v in jax.device_get(round_metrics).items()},
+                              r, c.learning_rate, checked)
+            elif progress.due():
+                jax.block_until_ready(round_metrics)   # report the real rate, not dispatch's
+            checked = r if (is_eval or is_ckpt) else checked
+            done = r
+            progress.update(r, record)
+            stop = c.stop_at_target and rounds_to_target == r
+            if is_ckpt or stop:
+                save(r)
+            if stop:
+                break
+        if done != checked and not _params_finite(state.params):
+            _check_finite({"params_finite": 0.0}, done, c.learning_rate, checked)
+        save(done)
+        status = "completed"
+    except DivergenceError:
+        status = "diverged"
+        raise
+    except KeyboardInterrupt:
+        status = "interrupted"
+        progress.clear()
+        try:   # the state of the last completed round, if it was not donated to the next one
+            if (saved != done and _alive(state) and int(state.round) == done
+                    and _params_finite(state.params)):
+                save(done)
+        except Exception as e:  # noqa: BLE001 - never mask the interrupt
+            logging.warning("could not checkpoint round %d on interrupt: %s", done, e)
+        logging.warning("interrupted after round %d; the checkpoint of round %s is kept in %s. "
+                        "Rerun the same command to resume.", done, saved, ckpt.directory)
+        raise
+    finally:
+        progress.clear()
+        writer.close()
+        last = writer.records[-1] if writer.records else {}
+        summary = {
+            "status": status,
+            "rounds_to_target": rounds_to_target,
+            "target_accuracy": c.target_accuracy,
+            "final_acc_min": last.get("acc_min"),
+            "final_acc_mean": last.get("acc_mean"),
+            "final_acc_max": last.get("acc_max"),
+            "rounds_run": done,
+            "resumed_from_round": start_round if restored is not None else None,
+            "checkpoint_round": saved,
+            "wall_time_s": time.perf_counter() - t0,
+            "train_wall_s": prior_wall + time.perf_counter() - start,
+            "compile_time_s": compile_time,
+            "eval_time_s": eval_time,
+            "checkpoint_time_s": checkpoint_time,
+            "backend": jax.default_backend(),
+            "device_kind": jax.devices()[0].device_kind,
+            "jax_version": jax.__version__,
+            "host": platform.node(),
+            **info,
+        }
+        _write_json(os.path.join(workdir, "summary.json"), summary)
     return summary

@@ -42,12 +42,15 @@ class SimState:
 
     params, opt_state: every device's model and optax.sgd state, leaves [N, ...].
     round: int32 scalar, rounds completed. rng: the root key (uint32 [2]).
+    history: with message delays, what every device sent in the last D + 1 rounds, leaves
+      [D + 1, N, ...] (history[d] = d rounds ago); None otherwise.
     """
 
     params: Any
     opt_state: Any
     round: jax.Array
     rng: jax.Array
+    history: Any = None
 
 
 @flax.struct.dataclass
@@ -57,6 +60,11 @@ class HParams:
     learning_rate: jax.Array
     momentum: jax.Array
     link_failure_prob: jax.Array
+    dropout_prob: jax.Array = 0.0
+    link_burst_prob: jax.Array = 0.0
+    link_burst_failure_prob: jax.Array = 0.0
+    graph_radius: jax.Array = 0.0
+    graph_p: jax.Array = 0.0
 
 
 @flax.struct.dataclass
@@ -65,7 +73,8 @@ class Arrays:
 
     x [T, ...], y [T]: every device's data concatenated; device n owns rows
       offsets[n] .. offsets[n] + sizes[n] - 1 (offsets, sizes [N] int32).
-    idx, valid, edge_id [N, K]: neighbour lists of the static graph (column 0 = self).
+    idx, valid, edge_id [N, K]: neighbour lists of the static graph (column 0 = self); for
+      time-varying graphs, of the complete graph (the round's graph is a mask over them).
     weights [N, K]: the static graph's mixing weights; w_dense [N, N] the same as a matrix
     (only for the dense backend); pi [N]: data-size average weights (fedavg / global backend).
     """
@@ -94,6 +103,16 @@ class Spec:
     num_edges: int
     momentum_after_consensus: str
     device_block: int = 0  # 0: vmap all devices at once; else lax.map over blocks of this size
+    dropouts: bool = False     # sample device dropouts each round
+    bursts: bool = False       # link failure bursts (per-round failure probability)
+    time_varying: str = ""     # "" or a kind in network.TIME_VARYING, drawn each round
+    max_delay: int = 0         # D: messages arrive up to D rounds late (0: no delays)
+    delay_mode: str = "fixed"  # fixed (all D) | random (uniform on 0..D per link per round)
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether the round's graph (and so its weights) changes from round to round."""
+        return self.link_failures or self.dropouts or bool(self.time_varying)
 
 
 def _mix(spec: Spec, arrays: Arrays, w: jax.Array, tree):
@@ -101,15 +120,37 @@ def _mix(spec: Spec, arrays: Arrays, w: jax.Array, tree):
         return consensus.mix_global(arrays.pi, tree)
     if spec.backend == "dense":
         n = arrays.idx.shape[0]
-        w_dense = (mixing.dense_from_lists(arrays.idx, w, n) if spec.link_failures
-                   else arrays.w_dense)
+        w_dense = mixing.dense_from_lists(arrays.idx, w, n) if spec.dynamic else arrays.w_dense
         return consensus.mix_dense(w_dense, tree)
     return consensus.mix_gather(arrays.idx, w, tree)
 
 
+def _round_graph(spec: Spec, arrays: Arrays, hp: HParams, key: jax.Array,
+                 alive: jax.Array | None) -> jax.Array:
+    """bool [N, K]: the neighbour-list entries that carry a message this round."""
+    valid = arrays.valid
+    if spec.time_varying:
+        valid = valid & network.random_graph_mask(rng.graph_key(key), arrays.idx,
+                                                  spec.time_varying, hp.graph_radius,
+                                                  hp.graph_p)
+    if spec.link_failures:
+        prob = hp.link_failure_prob
+        if spec.bursts:
+            prob = network.round_failure_prob(rng.burst_key(key), prob, hp.link_burst_prob,
+                                              hp.link_burst_failure_prob)
+        valid = network.surviving_links(rng.link_key(key), valid, arrays.edge_id,
+                                        spec.num_edges, prob, spec.link_mode)
+    if alive is not None:
+        valid = network.drop_devices(arrays.idx, valid, alive)
+    return valid
+
+
 def round_step(state: SimState, arrays: Arrays, hp: HParams, *, spec: Spec,
                local_update: Callable, return_local: bool = False):
-    """One round for all devices. Returns (new state, metrics dict of scalars [, local params])."""
+    """One round for all devices. Returns (new state, metrics dict of scalars [, local params]).
+
+    Takes and returns [N, ...] pytrees (state.params, state.opt_state).
+    """
     n = arrays.sizes.shape[0]
     key = rng.round_key(state.rng, state.round)
     per_device = (state.params, state.opt_state, arrays.offsets, arrays.sizes,
@@ -121,25 +162,44 @@ def round_step(state: SimState, arrays: Arrays, hp: HParams, *, spec: Spec,
         params, opt_state, loss = jax.lax.map(one, per_device, batch_size=spec.device_block)
     else:
         params, opt_state, loss = jax.vmap(one)(per_device)
+
+    alive = None
+    devices_up = jnp.ones((), jnp.float32)
+    if spec.dropouts:   # an offline device neither trains nor sends nor receives
+        alive = network.devices_alive(rng.dropout_key(key), n, hp.dropout_prob)
+        keep = lambda new, old: jnp.where(alive.reshape((n,) + (1,) * (new.ndim - 1)), new, old)
+        params = jax.tree.map(keep, params, state.params)
+        opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+        loss = jnp.where(alive, loss, 0.0) * n / jnp.maximum(alive.sum(), 1)
+        devices_up = jnp.mean(alive.astype(jnp.float32))
+
     local_params = params
+    history = state.history
     links_up = jnp.ones((), jnp.float32)
     if spec.algorithm in ("p2pl", "fedavg"):
         w = arrays.weights
-        if spec.link_failures:
-            valid_k = network.surviving_links(rng.link_key(key), arrays.valid, arrays.edge_id,
-                                              spec.num_edges, hp.link_failure_prob,
-                                              spec.link_mode)
+        if spec.dynamic:
+            valid_k = _round_graph(spec, arrays, hp, key, alive)
             w = mixing.neighbour_weights(arrays.idx, valid_k, arrays.sizes, spec.scheme)
             links_up = network.links_up_fraction(arrays.valid, valid_k)
-        params = _mix(spec, arrays, w, params)
+        if spec.max_delay:
+            history = jax.tree.map(lambda h, p: jnp.concatenate([p[None], h[:-1]]),
+                                   history, params)
+            delays = network.sample_delays(rng.delay_key(key), arrays.idx.shape,
+                                           spec.max_delay, spec.delay_mode)
+            params = consensus.mix_delayed(arrays.idx, w, delays, history, params)
+        else:
+            params = _mix(spec, arrays, w, params)
         if spec.momentum_after_consensus == "mix":
             opt_state = _mix(spec, arrays, w, opt_state)
         elif spec.momentum_after_consensus == "reset":
             opt_state = jax.tree.map(jnp.zeros_like, opt_state)
-    new_state = state.replace(params=params, opt_state=opt_state, round=state.round + 1)
+    new_state = state.replace(params=params, opt_state=opt_state, round=state.round + 1,
+                              history=history)
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf))
                                 for leaf in jax.tree.leaves(params)]))
-    metrics = {"train_loss": jnp.mean(loss), "links_up": links_up, "params_finite": finite}
+    metrics = {"train_loss": jnp.mean(loss), "links_up": links_up, "devices_up": devices_up,
+               "params_finite": finite}
     if return_local:
         return new_state, metrics, local_params
     return new_state, metrics
@@ -151,10 +211,15 @@ class Simulator:
     Args:
       model: a Flax module for one device.
       x, y: training data [T, ...], [T]; parts: one index array into x per device.
-      adj: bool [N, N] adjacency of the static graph (ignored by fedavg/local/centralized).
+      adj: bool [N, N] adjacency of the static graph (ignored by fedavg/local/centralized;
+        with a time-varying graph, the graph of phase 0 only).
       algorithm, mixing_scheme, sync_mode, backend, link_mode, momentum_after_consensus: as in
         the config reference.
-      link_failures: compile link-failure sampling into the round (needed when p > 0 or swept).
+      link_failures: compile link-failure sampling into the round (needed when p > 0 or swept);
+        link_bursts: and per-round bursts. dropouts: compile device dropouts.
+      time_varying: "" or a kind in network.TIME_VARYING: draw a fresh graph every round.
+      max_delay, delay_mode: late messages (0: none). Memory: max_delay + 1 extra copies of
+        every device's parameters.
       local_epochs, batch_size: the local phase.
       device_block: 0 vmaps the local phase over all devices at once (best on accelerators);
         k > 0 runs blocks of k devices one after another (lax.map), which keeps each block's
@@ -165,7 +230,9 @@ class Simulator:
                  parts: list[np.ndarray], adj: np.ndarray, algorithm: str = "p2pl",
                  mixing_scheme: str = "data_size", sync_mode: str = "max_norm",
                  backend: str = "auto", link_failures: bool = False,
-                 link_mode: str = "symmetric", momentum_after_consensus: str = "keep",
+                 link_mode: str = "symmetric", link_bursts: bool = False,
+                 dropouts: bool = False, time_varying: str = "", max_delay: int = 0,
+                 delay_mode: str = "fixed", momentum_after_consensus: str = "keep",
                  local_epochs: int = 1, batch_size: int = 10, device_block: int = 0):
         self.model = model
         self.num_devices = n = len(parts)
@@ -173,52 +240,66 @@ class Simulator:
         sizes = np.array([len(p) for p in parts], np.int64)
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         rows = np.concatenate(parts)
-        self.algorithm = algorithm
         self.sync_mode = "shared_seed" if algorithm in ("fedavg", "centralized") else sync_mode
-        if algorithm != "p2pl":
-            link_failures = False
+        if algorithm == "p2pl" and mixing_scheme == "fedavg":
+            algorithm = "fedavg"   # W = 1 pi^T: the server average
+        self.algorithm = algorithm
+        if algorithm != "p2pl":   # the network faults act on P2PL's graph only
+            link_failures = link_bursts = dropouts = False
+            time_varying, max_delay = "", 0
         self.adj = np.asarray(adj, bool)
         self.diameter = graphs.diameter(nx.from_numpy_array(self.adj)) if n > 1 else 0
-        lists = graphs.neighbour_lists(self.adj)
-        sizes_np = np.asarray(sizes, np.int64)
-        pi = sizes_np / sizes_np.sum()
-        if algorithm == "p2pl" and mixing_scheme == "fedavg":
-            algorithm = self.algorithm = "fedavg"   # W = 1 pi^T: the server average
-            link_failures = False
+        static = graphs.neighbour_lists(self.adj)
+        self._sync_lists = (static.idx, static.valid)
+        if time_varying:
+            idx, edge_id = network.complete_lists(n)
+            valid = np.ones(idx.shape, bool)
+            num_edges = n * n
+        else:
+            idx, valid, edge_id = static.idx, static.valid, static.edge_id
+            num_edges = int(self.adj.sum() // 2)
+        pi = sizes / sizes.sum()
+        dynamic = link_failures or dropouts or bool(time_varying)
         if algorithm == "p2pl":
             weights = np.asarray(mixing.neighbour_weights(
-                jnp.asarray(lists.idx), jnp.asarray(lists.valid),
-                jnp.asarray(sizes_np, jnp.float32), mixing_scheme))
-            w_dense_np = mixing.mixing_matrix(self.adj, sizes_np, mixing_scheme)
-            k = lists.idx.shape[1]
-            resolved = consensus.choose_backend(backend, n, k)
-            if backend == "auto" and not link_failures and np.all(w_dense_np == w_dense_np[:1]):
+                jnp.asarray(static.idx), jnp.asarray(static.valid),
+                jnp.asarray(sizes, jnp.float32), mixing_scheme))
+            w_dense_np = mixing.mixing_matrix(self.adj, sizes, mixing_scheme)
+            if time_varying:
+                weights = np.zeros(idx.shape, np.float32)
+            resolved = consensus.choose_backend(backend, n, idx.shape[1])
+            if (backend == "auto" and not dynamic and not max_delay
+                    and np.all(w_dense_np == w_dense_np[:1])):
                 resolved, pi = "global", w_dense_np[0]   # identical rows: one average, broadcast
         else:
-            weights = np.zeros(lists.idx.shape, np.float32)
+            weights = np.zeros(idx.shape, np.float32)
             w_dense_np = np.zeros((1, 1))
             resolved = "global" if algorithm == "fedavg" else "none"
         self.backend = resolved
         self.spec = Spec(algorithm=algorithm, scheme=mixing_scheme, backend=resolved,
-                         link_failures=bool(link_failures), link_mode=link_mode,
-                         num_edges=int(self.adj.sum() // 2),
+                         link_failures=bool(link_failures or link_bursts), link_mode=link_mode,
+                         num_edges=num_edges,
                          momentum_after_consensus=momentum_after_consensus,
-                         device_block=int(device_block))
-        w_dense = w_dense_np if resolved == "dense" else np.zeros((1, 1))
+                         device_block=int(device_block), dropouts=bool(dropouts),
+                         bursts=bool(link_bursts), time_varying=time_varying,
+                         max_delay=int(max_delay), delay_mode=delay_mode)
+        w_dense = w_dense_np if (resolved == "dense" and not dynamic) else np.zeros((1, 1))
         self.arrays = Arrays(
             x=jnp.asarray(x[rows]), y=jnp.asarray(y[rows], jnp.int32),
             offsets=jnp.asarray(offsets, jnp.int32), sizes=jnp.asarray(sizes, jnp.int32),
-            idx=jnp.asarray(lists.idx), valid=jnp.asarray(lists.valid),
-            edge_id=jnp.asarray(lists.edge_id), weights=jnp.asarray(weights, jnp.float32),
+            idx=jnp.asarray(idx), valid=jnp.asarray(valid), edge_id=jnp.asarray(edge_id),
+            weights=jnp.asarray(weights, jnp.float32),
             w_dense=jnp.asarray(w_dense, jnp.float32), pi=jnp.asarray(pi, jnp.float32))
         self.local_update = make_local_update(model.apply, max_size=int(sizes.max()),
                                               batch_size=batch_size, local_epochs=local_epochs)
-        fn = partial(round_step, spec=self.spec, local_update=self.local_update)
-        self._round = jax.jit(fn, donate_argnums=0)
-        self._round_with_local = jax.jit(partial(fn, return_local=True), donate_argnums=0)
-        self._init = jax.jit(self._init_state)
+        self.round_fn = partial(round_step, spec=self.spec, local_update=self.local_update)
+        self._round = jax.jit(self.round_fn, donate_argnums=0)
+        self._round_with_local = jax.jit(partial(self.round_fn, return_local=True),
+                                         donate_argnums=0)
+        self._init = jax.jit(self.init_state)
 
-    def _init_state(self, root: jax.Array) -> SimState:
+    def init_state(self, root: jax.Array) -> SimState:
+        """The state before round 1 from root key `root` (traceable; see `init`)."""
         n = self.num_devices
         init_one = lambda key: init_params(self.model, key, self.input_shape)
         if self.sync_mode == "shared_seed":
@@ -227,11 +308,16 @@ class Simulator:
         else:
             params = jax.vmap(init_one)(rng.init_keys(root, n))
             if self.sync_mode == "max_norm":
-                params = sync.max_norm_sync(params, self.arrays.idx, self.arrays.valid,
-                                            self.diameter)
+                params = sync.max_norm_sync(params, jnp.asarray(self._sync_lists[0]),
+                                            jnp.asarray(self._sync_lists[1]), self.diameter)
         opt_state = jax.vmap(make_optimizer(0.0, 0.0).init)(params)
+        history = None
+        if self.spec.max_delay:   # before round 1 every slot holds the initial parameters
+            d = self.spec.max_delay + 1
+            history = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (d, *leaf.shape)),
+                                   params)
         return SimState(params=params, opt_state=opt_state, round=jnp.zeros((), jnp.int32),
-                        rng=root)
+                        rng=root, history=history)
 
     def init(self, seed: int) -> SimState:
         """The state before round 1: independent inits, then phase-0 synchronization."""
@@ -253,8 +339,14 @@ class Simulator:
         return self._round(state, self.arrays, hp)
 
 
-def make_hparams(learning_rate: float, momentum: float, link_failure_prob: float) -> HParams:
+def make_hparams(learning_rate: float, momentum: float, link_failure_prob: float = 0.0, *,
+                 dropout_prob: float = 0.0, link_burst_prob: float = 0.0,
+                 link_burst_failure_prob: float = 0.0, graph_radius: float = 0.0,
+                 graph_p: float = 0.0) -> HParams:
     """HParams as float32 arrays."""
     f = lambda v: jnp.asarray(v, jnp.float32)
     return HParams(learning_rate=f(learning_rate), momentum=f(momentum),
-                   link_failure_prob=f(link_failure_prob))
+                   link_failure_prob=f(link_failure_prob), dropout_prob=f(dropout_prob),
+                   link_burst_prob=f(link_burst_prob),
+                   link_burst_failure_prob=f(link_burst_failure_prob),
+                   graph_radius=f(graph_radius), graph_p=f(graph_p))

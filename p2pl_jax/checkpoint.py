@@ -1,0 +1,236 @@
+"""Checkpoints of the whole simulation, with orbax, and exact resume.
+
+A checkpoint of round k (`workdir/checkpoints/<k>/`) holds two orbax items:
+  state  every leaf of `SimState` (params and momentum of every device, round, root key,
+         fault-model state such as the delay history) as host numpy arrays, named leaf_0000...;
+  meta   JSON: the round, the config fingerprint, the leaves' tree paths, shapes and dtypes,
+         every metrics record written so far, rounds_to_target and the training wall time.
+Orbax writes a step into a temporary folder and renames it when complete, so a run killed
+mid-save leaves the previous checkpoint intact (the partial folder is ignored and cleaned up).
+
+The simulation is a pure function of (state, round): every random draw derives from
+`rng.round_key(root, round)`. Restoring the state and the metrics so far therefore resumes a run
+exactly where an uninterrupted one would have been.
+
+A checkpoint is only resumed by the config that wrote it: `fingerprint` is the config minus
+`RESUMABLE_FIELDS` (fields that change neither the trajectory nor the bookkeeping), and
+`check_fingerprint` names every field that differs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging as pylogging
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from p2pl_jax.errors import ConfigError
+
+FORMAT = 1
+# Config fields that may differ between the run that wrote a checkpoint and the run resuming it.
+RESUMABLE_FIELDS = ("rounds", "checkpoint_every", "progress", "tensorboard", "data_dir",
+                    "eval_device_chunk", "eval_example_chunk", "device_block", "stop_at_target")
+_STATE, _META = "state", "meta"
+
+
+def fingerprint(config: dict) -> dict:
+    """The config (as a plain dict) minus RESUMABLE_FIELDS, JSON-normalised (tuples -> lists)."""
+    return json.loads(json.dumps({k: v for k, v in config.items()
+                                  if k not in RESUMABLE_FIELDS}, sort_keys=True))
+
+
+def check_fingerprint(saved: dict, current: dict, where: str) -> None:
+    """Raises ConfigError listing every field whose value differs between `saved` and `current`."""
+    diffs = []
+    for field in sorted(set(saved) | set(current)):
+        if field not in saved:
+            diffs.append(f"{field}: not in the checkpoint, now {current[field]!r}")
+        elif field not in current:
+            diffs.append(f"{field}: {saved[field]!r} in the checkpoint, absent from the config")
+        elif saved[field] != current[field]:
+            diffs.append(f"{field}: {saved[field]!r} in the checkpoint, now {current[field]!r}")
+    if diffs:
+        raise ConfigError(
+            f"the checkpoint in {where} was written by a different config; these fields differ:\n"
+            + "\n".join(f"  - {d}" for d in diffs)
+            + "\nRerun with the checkpoint's values to resume, or use a new --workdir (or delete "
+              f"{where}) to start over. Fields that may change on resume: "
+            + ", ".join(RESUMABLE_FIELDS) + ".")
+
+
+def _is_key(leaf) -> bool:
+    return hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def _key_data_like(leaf):
+    """Shape and dtype of a leaf as stored (typed PRNG keys as their raw key data)."""
+    if _is_key(leaf):
+        return jax.eval_shape(jax.random.key_data, leaf)
+    return leaf
+
+
+def describe(state) -> list[dict]:
+    """[{path, shape, dtype}] for every leaf of `state`, as `state_leaves` stores them."""
+    flat = jax.tree_util.tree_flatten_with_path(state)[0]
+    return [{"path": jax.tree_util.keystr(path), "shape": list(np.shape(_key_data_like(leaf))),
+             "dtype": str(np.dtype(_key_data_like(leaf).dtype))} for path, leaf in flat]
+
+
+def state_leaves(state) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """The state's leaves as host arrays {leaf_0000: ...} and their description (`describe`);
+    typed PRNG keys are stored as their key data."""
+    leaves = [jax.random.key_data(leaf) if _is_key(leaf) else leaf
+              for leaf in jax.tree.leaves(state)]
+    host = [np.asarray(a) for a in jax.device_get(leaves)]
+    return {f"leaf_{i:04d}": a for i, a in enumerate(host)}, describe(state)
+
+
+def into_state(template, arrays: dict[str, np.ndarray], spec: list[dict], where: str):
+    """Puts restored host arrays into the structure (and device placement) of `template`.
+
+    Raises ConfigError when the checkpoint's leaves do not match the template's paths, shapes or
+    dtypes (a checkpoint from another version of the code).
+    """
+    flat, treedef = jax.tree_util.tree_flatten_with_path(template)
+    want = describe(template)
+    if spec != want:
+        have = {s["path"]: (tuple(s["shape"]), s["dtype"]) for s in spec}
+        need = {w["path"]: (tuple(w["shape"]), w["dtype"]) for w in want}
+        diffs = [f"{p}: checkpoint {have.get(p, 'absent')}, expected {need.get(p, 'absent')}"
+                 for p in sorted(set(have) | set(need)) if have.get(p) != need.get(p)]
+        raise ConfigError(f"the checkpoint in {where} does not match the simulation state this "
+                          "config builds (written by another version of p2pl_jax?):\n  - "
+                          + "\n  - ".join(diffs[:10] or ["leaf order differs"])
+                          + f"\nUse a new --workdir or delete {where} to start over.")
+    leaves = []
+    for i, (_, like) in enumerate(flat):
+        arr = arrays[f"leaf_{i:04d}"]
+        if _is_key(like):
+            leaf = jax.random.wrap_key_data(jax.device_put(arr, like.sharding),
+                                            impl=jax.random.key_impl(like))
+        elif isinstance(like, jax.Array):
+            leaf = jax.device_put(arr, like.sharding)
+        else:
+            leaf = arr
+        leaves.append(leaf)
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+@dataclasses.dataclass
+class Restored:
+    """A checkpoint read back: host arrays (see `state_leaves`) and its meta dict."""
+
+    round: int
+    arrays: dict[str, np.ndarray]
+    meta: dict[str, Any]
+
+
+def _quiet_orbax() -> None:
+    """Drops orbax's INFO chatter (dozens of lines per save) from the absl log; keeps warnings."""
+    from absl import logging as absl_logging
+
+    logger = absl_logging.get_absl_logger()
+    if not any(isinstance(f, _OrbaxInfoFilter) for f in logger.filters):
+        logger.addFilter(_OrbaxInfoFilter())
+
+
+class _OrbaxInfoFilter(pylogging.Filter):
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        return record.levelno >= pylogging.WARNING or f"{os.sep}orbax{os.sep}" not in (
+            record.pathname or "")
+
+
+class Checkpointer:
+    """Saves and restores checkpoints in `directory` (one sub-folder per round), keeping the
+    newest `max_to_keep`. Orbax is imported on first use."""
+
+    def __init__(self, directory: str, *, max_to_keep: int = 2):
+        self.directory = os.path.abspath(directory)
+        self._max_to_keep = max_to_keep
+        self._mgr = None
+
+    def _manager(self):
+        if self._mgr is None:
+            import orbax.checkpoint as ocp
+
+            _quiet_orbax()
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=self._max_to_keep, enable_async_checkpointing=False,
+                cleanup_tmp_directories=True, create=True)
+            self._mgr = ocp.CheckpointManager(self.directory, options=options,
+                                              item_names=(_STATE, _META))
+        return self._mgr
+
+    def exists(self) -> bool:
+        """Whether the folder holds any finished checkpoint (cheap: no orbax import)."""
+        if not os.path.isdir(self.directory):
+            return False
+        return any(name.isdigit() for name in os.listdir(self.directory))
+
+    def latest_round(self) -> int | None:
+        """The round of the newest complete checkpoint, or None."""
+        if not self.exists():
+            return None
+        return self._manager().latest_step()
+
+    def save(self, round_index: int, state, meta: dict) -> None:
+        """Saves `state` (a pytree of arrays) and `meta` (JSON) as the checkpoint of a round.
+
+        Copies the state to host first, so the caller may donate its buffers afterwards.
+        """
+        import orbax.checkpoint as ocp
+
+        arrays, spec = state_leaves(state)
+        meta = {**meta, "format": FORMAT, "round": int(round_index), "leaves": spec}
+        mgr = self._manager()
+        if mgr.latest_step() == round_index:
+            return
+        mgr.save(int(round_index), args=ocp.args.Composite(
+            state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)), force=True)
+        mgr.wait_until_finished()
+
+    def restore(self) -> Restored | None:
+        """Reads the newest checkpoint, or returns None when there is none.
+
+        Raises ConfigError naming the checkpoint folder when it cannot be read.
+        """
+        import orbax.checkpoint as ocp
+
+        step = self.latest_round()
+        if step is None:
+            return None
+        where = os.path.join(self.directory, str(step))
+        older = [s for s in self._manager().all_steps() if s != step]
+        try:
+            out = self._manager().restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+            arrays, meta = dict(out[_STATE]), dict(out[_META])
+            spec = meta["leaves"]
+            if meta.get("format") != FORMAT or meta["round"] != step:
+                raise ValueError(f"meta format {meta.get('format')} / round "
+                                 f"{meta.get('round')} do not match format {FORMAT} / step {step}")
+            if sorted(arrays) != [f"leaf_{i:04d}" for i in range(len(spec))]:
+                raise ValueError(f"{len(arrays)} arrays stored for {len(spec)} described leaves")
+            for i, s in enumerate(spec):
+                a = arrays[f"leaf_{i:04d}"] = np.asarray(arrays[f"leaf_{i:04d}"])
+                if list(a.shape) != s["shape"] or str(a.dtype) != s["dtype"]:
+                    raise ValueError(f"leaf {s['path']} has shape {list(a.shape)} {a.dtype}, "
+                                     f"described as {s['shape']} {s['dtype']}")
+            for key in ("fingerprint", "records"):
+                meta[key]  # noqa: B018 - KeyError -> corrupt
+        except Exception as e:  # noqa: BLE001 - any failure to read means a corrupt checkpoint
+            hint = (f"delete it to resume from the previous checkpoint (round {max(older)})"
+                    if older else f"delete {self.directory} to start over")
+            raise ConfigError(f"the checkpoint {where} is corrupt or unreadable "
+                              f"({type(e).__name__}: {str(e)[:300]}); {hint}, or use a new "
+                              "--workdir") from e
+        return Restored(round=step, arrays=arrays, meta=meta)
+
+    def close(self) -> None:
+        if self._mgr is not None:
+            self._mgr.close()
+            self._mgr = None

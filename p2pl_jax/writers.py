@@ -1,0 +1,122 @@
+"""Metrics writers: metrics.jsonl and metrics.csv always, TensorBoard event files optionally.
+
+`MetricsWriter(workdir, records)` starts from the records a run already has (none for a fresh
+run, the checkpoint's for a resumed one): it rewrites metrics.jsonl and metrics.csv to hold exactly
+those, so records written after the checkpoint by a killed run disappear, and appends from there.
+A resumed run's files therefore equal an uninterrupted run's (up to `wall_s`).
+
+TensorBoard events go to `workdir/tensorboard/` through tensorboardX (no TensorFlow needed), one
+scalar per record field with the round as step. A fresh run deletes earlier event files; a resumed
+run marks its first step as a purge step, so TensorBoard drops the killed run's later events.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import os
+from collections.abc import Sequence
+
+from absl import logging
+
+METRICS_JSONL = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def _atomic_write(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _csv_text(records: Sequence[dict], header: list[str], with_header: bool = True) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=header, restval="", lineterminator="\n")
+    if with_header:
+        w.writeheader()
+    w.writerows(records)
+    return buf.getvalue()
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """The records of a metrics.jsonl file."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class MetricsWriter:
+    """Appends one record per evaluated round to metrics.jsonl, metrics.csv and TensorBoard.
+
+    Args:
+      workdir: the run's output folder.
+      records: the records the run already has (written again, exactly).
+      tensorboard: also write TensorBoard event files (needs tensorboardX).
+    """
+
+    def __init__(self, workdir: str, records: Sequence[dict] = (), *, tensorboard: bool = True):
+        self.workdir = workdir
+        self.records = [dict(r) for r in records]
+        self._jsonl_path = os.path.join(workdir, METRICS_JSONL)
+        self._csv_path = os.path.join(workdir, METRICS_CSV)
+        _atomic_write(self._jsonl_path, "".join(json.dumps(r) + "\n" for r in self.records))
+        self._header = self._columns(self.records)
+        _atomic_write(self._csv_path,
+                      _csv_text(self.records, self._header) if self._header else "")
+        self._jsonl = open(self._jsonl_path, "a")
+        self._csv = open(self._csv_path, "a", newline="")
+        self._tb = self._open_tensorboard() if tensorboard else None
+
+    @staticmethod
+    def _columns(records: Sequence[dict]) -> list[str]:
+        cols: list[str] = []
+        for r in records:
+            cols += [k for k in r if k not in cols]
+        return cols
+
+    def _open_tensorboard(self):
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            logging.warning("tensorboardX is not installed: no TensorBoard event files "
+                            "(pip install tensorboardX, or set --config.tensorboard=False)")
+            return None
+        logdir = os.path.join(self.workdir, TENSORBOARD_DIR)
+        if self.records:
+            purge_step = int(self.records[-1]["round"]) + 1
+        else:
+            purge_step = None
+            for old in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
+                os.remove(old)
+        return SummaryWriter(logdir=logdir, purge_step=purge_step, flush_secs=30)
+
+    def write(self, record: dict) -> None:
+        """Appends one record (a flat dict with an int `round` and float values)."""
+        record = dict(record)
+        self.records.append(record)
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        if not self._header or any(k not in self._header for k in record):
+            self._header = self._columns(self.records)   # new columns: rewrite the whole file
+            self._csv.close()
+            _atomic_write(self._csv_path, _csv_text(self.records, self._header))
+            self._csv = open(self._csv_path, "a", newline="")
+        else:
+            self._csv.write(_csv_text([record], self._header, with_header=False))
+            self._csv.flush()
+        if self._tb is not None:
+            step = int(record["round"])
+            for key, value in record.items():
+                if key != "round" and isinstance(value, (int, float)):
+                    self._tb.add_scalar(key, value, global_step=step)
+            self._tb.flush()
+
+    def close(self) -> None:
+        self._jsonl.close()
+        self._csv.close()
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
