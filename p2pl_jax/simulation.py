@@ -16,6 +16,7 @@ arrays and jits it with the state donated.
 """
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from functools import partial
@@ -296,32 +297,22 @@ class Simulator:
         self._round = jax.jit(self.round_fn, donate_argnums=0)
         self._round_with_local = jax.jit(partial(self.round_fn, return_local=True),
                                          donate_argnums=0)
-        self._init = jax.jit(self.init_state)
+        self._init_static = dict(model=model, input_shape=self.input_shape, num_devices=n,
+                                 sync_mode=self.sync_mode, diameter=self.diameter,
+                                 max_delay=self.spec.max_delay)
+        # What the compiled local phase depends on (sweeps group replicas by it).
+        self.local_update_key = (model, int(sizes.max()), batch_size, local_epochs)
 
     def init_state(self, root: jax.Array) -> SimState:
         """The state before round 1 from root key `root` (traceable; see `init`)."""
-        n = self.num_devices
-        init_one = lambda key: init_params(self.model, key, self.input_shape)
-        if self.sync_mode == "shared_seed":
-            one = init_one(rng.init_keys(root, 1)[0])
-            params = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (n, *leaf.shape)), one)
-        else:
-            params = jax.vmap(init_one)(rng.init_keys(root, n))
-            if self.sync_mode == "max_norm":
-                params = sync.max_norm_sync(params, jnp.asarray(self._sync_lists[0]),
-                                            jnp.asarray(self._sync_lists[1]), self.diameter)
-        opt_state = jax.vmap(make_optimizer(0.0, 0.0).init)(params)
-        history = None
-        if self.spec.max_delay:   # before round 1 every slot holds the initial parameters
-            d = self.spec.max_delay + 1
-            history = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (d, *leaf.shape)),
-                                   params)
-        return SimState(params=params, opt_state=opt_state, round=jnp.zeros((), jnp.int32),
-                        rng=root, history=history)
+        return _init_state(root, jnp.asarray(self._sync_lists[0]),
+                           jnp.asarray(self._sync_lists[1]), **self._init_static)
 
     def init(self, seed: int) -> SimState:
         """The state before round 1: independent inits, then phase-0 synchronization."""
-        return self._init(rng.root_key(seed))
+        return _jitted_init(**self._init_static)(rng.root_key(seed),
+                                                 jnp.asarray(self._sync_lists[0]),
+                                                 jnp.asarray(self._sync_lists[1]))
 
     def compile(self, state: SimState, hp: HParams, *, return_local: bool = False) -> float:
         """Compiles the round ahead of time; returns the compile time in seconds."""
@@ -337,6 +328,32 @@ class Simulator:
         if return_local:
             return self._round_with_local(state, self.arrays, hp)
         return self._round(state, self.arrays, hp)
+
+
+def _init_state(root, sync_idx, sync_valid, *, model, input_shape, num_devices, sync_mode,
+                diameter, max_delay) -> SimState:
+    n = num_devices
+    init_one = lambda key: init_params(model, key, input_shape)
+    if sync_mode == "shared_seed":
+        one = init_one(rng.init_keys(root, 1)[0])
+        params = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (n, *leaf.shape)), one)
+    else:
+        params = jax.vmap(init_one)(rng.init_keys(root, n))
+        if sync_mode == "max_norm":
+            params = sync.max_norm_sync(params, sync_idx, sync_valid, diameter)
+    opt_state = jax.vmap(make_optimizer(0.0, 0.0).init)(params)
+    history = None
+    if max_delay:   # before round 1 every slot holds the initial parameters
+        history = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (max_delay + 1, *leaf.shape)),
+                               params)
+    return SimState(params=params, opt_state=opt_state, round=jnp.zeros((), jnp.int32),
+                    rng=root, history=history)
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_init(**static) -> Callable:
+    """One compiled initialisation per static setting, shared by simulators (and sweeps)."""
+    return jax.jit(partial(_init_state, **static))
 
 
 def make_hparams(learning_rate: float, momentum: float, link_failure_prob: float = 0.0, *,
