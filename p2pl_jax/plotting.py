@@ -26,6 +26,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 # Config fields that name a setting, with the default that is left out of a label.
 _LABEL_FIELDS = (("topology", "complete"), ("mixing", "data_size"), ("partition", "iid"),
@@ -158,6 +159,8 @@ def plot_runs(groups: Sequence[tuple[str, Sequence[Run]]], out_png: str, *,
     lo = ylim[0] if ylim else _accuracy_floor([c for _, c in curves])
     hi = ylim[1] if ylim else 1.0
     ax_acc.set_ylim(lo, hi)
+    for ax in (ax_acc, ax_cd):
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     ax_acc.set_xlabel("round")
     ax_acc.set_ylabel("test accuracy (line: device mean; band: min–max)")
     ax_acc.grid(alpha=0.3)
@@ -172,6 +175,11 @@ def plot_runs(groups: Sequence[tuple[str, Sequence[Run]]], out_png: str, *,
         for label, color, rounds in zero_labels:
             ax_cd.plot(rounds, np.full(len(rounds), 0.02), color=color, ls="none", marker="|",
                        ms=8, transform=trans, label=f"{label}: 0 (identical models)")
+    low, high = ax_cd.get_ylim()
+    plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    ax_cd.yaxis.set_major_formatter(plain)
+    if high / max(low, 1e-30) < 10:   # less than a decade: label the minor ticks too
+        ax_cd.yaxis.set_minor_formatter(plain)
     if ax_cd.get_legend_handles_labels()[0]:
         ax_cd.legend(fontsize=8, loc="best")
     else:
@@ -211,7 +219,8 @@ def plot_rounds_to_target(entries: Sequence[dict], out_png: str, *, cap: int,
         else:
             ax.bar(i, cap, facecolor="none", edgecolor="C3", hatch="//", lw=1.2)
             ax.text(i, cap * 0.5, f"not reached\nin {cap}", ha="center", va="center",
-                    fontsize=8, color="C3", rotation=90 if len(entries) > 6 else 0)
+                    fontsize=8, color="C3", rotation=90 if len(entries) > 6 else 0,
+                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.5})
     ax.set_xticks(x)
     ax.set_xticklabels([e["label"] for e in entries], rotation=25 if len(entries) > 3 else 0,
                        ha="right" if len(entries) > 3 else "center", fontsize=8)
