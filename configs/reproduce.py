@@ -124,10 +124,12 @@ def base_config(*, quick: bool = False, rounds: int | None = None,
         c.target_accuracy = 0.6
         c.eval_example_chunk = 1000
         c.eval_device_chunk = 8
+        c.progress = False
     if rounds is not None:
         c.rounds = rounds
     if target is not None:
         c.target_accuracy = target
+    c.tensorboard = False   # metrics.jsonl is enough; saves an event file per run
     return c
 
 

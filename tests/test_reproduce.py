@@ -1,0 +1,210 @@
+"""experiments.reproduce: verdicts follow the numbers, finished runs are reused, the report holds
+every claim with its verdict and figures, and the real path runs end to end at --quick scale.
+
+Most settings are faked (run directories written here, with the exact config the driver asks
+for), so only two tiny real runs are compiled; a full --quick pass compiles 18 programs.
+"""
+
+import csv
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+
+from configs import reproduce as spec
+from experiments import reproduce as rep
+
+# rounds_to_target per setting that makes every claim come out "reproduced" (cap 100).
+GOOD = {"complete": 20, "fedavg": 19, "centralized": 3, "rgg": 30, "torus": 40, "cycle": 80,
+        "rgg_fail0.3": 34, "rgg_fail0.5": 40, "complete_fail0.5": 24, "shards2": 60,
+        "dirichlet0.5": 30, "rgg_sync_none": 44, "rgg_sync_shared": 28, "rgg_metropolis": 32,
+        "rgg_skew_data_size": 30, "rgg_skew_metropolis": 50, "rgg_skew_uniform": 40,
+        "local": None}
+DIAMETER = {"complete": 1, "rgg": 7, "torus": 10, "cycle": 50}
+
+
+def fake_run(root, setting, seed, base, eval_every, rounds_to_target, *, final_mean=None):
+    """Writes a finished run directory exactly where and as reproduce expects it."""
+    c = spec.make_config(base, setting, seed, eval_every)
+    d = root / "runs" / setting.name / f"seed{seed}"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text(json.dumps(c.to_dict()))
+    last = rounds_to_target or c.rounds
+    rows = []
+    for r in range(c.eval_every, last + 1, c.eval_every):
+        if rounds_to_target:
+            acc = 0.97 * min(1.0, 0.8 + 0.2 * r / rounds_to_target)
+        else:   # flat at final_mean
+            acc = final_mean - 0.05 * math.exp(-r / 3)
+        rows.append({"round": r, "acc_min": acc - 0.005 * (rounds_to_target is None),
+                     "acc_mean": acc, "acc_max": acc + 0.005, "test_loss": 0.1,
+                     "consensus_distance": 0.0 if not setting.distinct else 1.0 / r,
+                     "train_loss": 0.1, "links_up": 1.0, "wall_s": float(r)})
+    (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    hist = [[6] * 10 for _ in range(c.num_devices)]
+    (d / "partition.json").write_text(json.dumps({"sizes": [60] * c.num_devices,
+                                                  "label_histograms": hist}))
+    topo = c.topology if c.algorithm == "p2pl" else "complete"
+    diameter = DIAMETER.get(setting.name, DIAMETER.get(topo.split("_")[0], 7))
+    summary = {"status": "completed", "rounds_to_target": rounds_to_target,
+               "target_accuracy": c.target_accuracy,
+               "final_acc_min": rows[-1]["acc_min"], "final_acc_mean": rows[-1]["acc_mean"],
+               "final_acc_max": rows[-1]["acc_max"], "rounds_run": last, "wall_time_s": 1.0,
+               "compile_time_s": 0.5, "eval_time_s": 0.1, "backend": "cpu",
+               "diameter": diameter, "spectral_gap": 1.0 / diameter, "slem": 0.0,
+               "num_edges": 10}
+    (d / "summary.json").write_text(json.dumps(summary))
+
+
+def fake_all(root, base, seeds, eval_every=2, skip=()):
+    for name, setting in spec.settings(quick=True).items():
+        if name in skip:
+            continue
+        for seed in seeds:
+            fake_run(root, setting, seed, base, eval_every, GOOD[name], final_mean=0.88)
+
+
+@pytest.fixture
+def no_runs(monkeypatch):
+    def fail(config, workdir):
+        raise AssertionError(f"unexpected run into {workdir}")
+    monkeypatch.setattr(rep, "run", fail)
+
+
+def test_report_from_existing_runs(tmp_path, no_runs):
+    base = spec.base_config(quick=True, rounds=100, target=0.97)
+    fake_all(tmp_path, base, range(2))
+    verdicts = rep.reproduce(str(tmp_path), seeds=2, quick=True, rounds=100, target=0.97)
+    assert {n: v for n, (v, _) in verdicts.items()} == {n: "reproduced" for n in range(1, 9)}
+    report = (tmp_path / "report.md").read_text()
+    for claim in spec.CLAIMS:
+        assert f"## Claim {claim.number}: {claim.title}" in report
+        assert f"{claim.number}. {claim.title} | **reproduced**" in report
+    for link in re.findall(r"\]\((figures/[^)]+)\)", report):
+        assert (tmp_path / link).stat().st_size > 5_000, link
+    assert (tmp_path / "figures" / "claim3_accuracy.png").exists()
+    assert (tmp_path / "figures" / "claim3_rounds.png").exists()
+    assert (tmp_path / "figures" / "partition_shards2.png").exists()
+    assert "20.0 ± 0.0" in report and "not reached in 100 rounds" in report
+    with open(tmp_path / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * len(spec.settings(quick=True))
+    assert {r["status"] for r in rows} == {"ok"}
+
+
+def test_changed_config_is_rerun_and_missing_is_reported(tmp_path, monkeypatch):
+    base = spec.base_config(quick=True, rounds=100)
+    fake_all(tmp_path, base, [0], skip=("fedavg",))
+    calls = []
+
+    def fake(config, workdir):
+        calls.append((config.algorithm, config.eval_every, workdir))
+        raise rep.ConfigError("not today")
+    monkeypatch.setattr(rep, "run", fake)
+    # eval_every=3 changes every sparse setting's config: those are rerun (and fail here).
+    verdicts = rep.reproduce(str(tmp_path), seeds=1, quick=True, rounds=100, eval_every=3,
+                             claim_numbers=[2, 6])
+    ran = sorted(w.split("/runs/")[1] for _, _, w in calls)
+    assert ran == ["fedavg/seed0", "rgg/seed0", "rgg_sync_none/seed0", "rgg_sync_shared/seed0"]
+    assert verdicts[2][0] == "not run" and verdicts[6][0] == "not run"
+    report = (tmp_path / "report.md").read_text()
+    assert "seed 0: error: not today" in report and "## Claim 3" not in report
+    # --report_only runs nothing and marks what is absent.
+    calls.clear()
+    rep.reproduce(str(tmp_path), seeds=1, quick=True, rounds=100, report_only=True,
+                  claim_numbers=[2])
+    assert calls == []
+    assert "| FedAvg | – | not run |" in (tmp_path / "report.md").read_text()
+
+
+def _stat(name, rounds, *, cap=100, final=0.97, diameter=None, curves=()):
+    return rep.Stat(name=name, label=name, algorithm="p2pl", rounds=list(rounds), cap=cap,
+                    eval_every=2, final_min=[final] * len(rounds),
+                    final_mean=[final] * len(rounds), diameter=[diameter] * len(rounds),
+                    spectral_gap=[0.1] * len(rounds), wall=[1.0] * len(rounds), errors=[],
+                    curves=list(curves), workdirs=[])
+
+
+def test_verdict_rules():
+    st = {"complete": _stat("complete", [20, 22]), "fedavg": _stat("fedavg", [20, 20])}
+    assert rep.verdict_2(st, 0.97)[0] == "reproduced"
+    st["complete"] = _stat("complete", [30, 30])       # +50%
+    assert rep.verdict_2(st, 0.97)[0] == "not reproduced"
+    st["complete"] = _stat("complete", [2, 2])
+    st["fedavg"] = _stat("fedavg", [1, 1])             # 1 round apart: within the 1-round floor
+    assert rep.verdict_2(st, 0.97)[0] == "reproduced"
+
+    g = {"complete": _stat("c", [20], diameter=1), "rgg": _stat("r", [30], diameter=7),
+         "torus": _stat("t", [40], diameter=10), "cycle": _stat("y", [None], diameter=50)}
+    verdict, why = rep.verdict_3(g, 0.97)
+    assert verdict == "partly reproduced" and "not reached in 100" in why
+    g["torus"] = _stat("t", [25], diameter=10)         # faster than a smaller-diameter graph
+    g["cycle"] = _stat("y", [90], diameter=50)
+    assert rep.verdict_3(g, 0.97)[0] == "partly reproduced"
+    g["torus"] = _stat("t", [35], diameter=10)
+    assert rep.verdict_3(g, 0.97)[0] == "reproduced"
+
+    s = {"rgg": _stat("r", [30]), "rgg_sync_none": _stat("n", [None]),
+         "rgg_sync_shared": _stat("s", [28])}
+    assert rep.verdict_6(s, 0.97)[0] == "reproduced"
+    s["rgg_sync_none"] = _stat("n", [28])
+    assert rep.verdict_6(s, 0.97)[0] == "not reproduced"
+
+    w = {"rgg": _stat("d", [30]), "rgg_metropolis": _stat("m", [45]),
+         "rgg_skew_data_size": _stat("ds", [30]), "rgg_skew_metropolis": _stat("sm", [50]),
+         "rgg_skew_uniform": _stat("su", [40])}
+    assert rep.verdict_7(w, 0.97)[0] == "partly reproduced"   # faster under skew, also equal
+    w["rgg_skew_data_size"] = _stat("ds", [60])
+    assert rep.verdict_7(w, 0.97)[0] == "not reproduced"
+
+    r = np.arange(5, 101, 5)
+    flat = (r, 0.88 - 0.05 * np.exp(-r / 3.0))
+    rising = (r, 0.80 + 0.001 * r)
+    assert rep.verdict_8({"local": _stat("l", [None], final=0.88, curves=[flat])},
+                         0.97)[0] == "reproduced"
+    assert rep.verdict_8({"local": _stat("l", [None], final=0.90, curves=[rising])},
+                         0.97)[0] == "partly reproduced"
+    assert rep.verdict_8({"local": _stat("l", [None], final=0.97, curves=[rising])},
+                         0.97)[0] == "not reproduced"
+
+
+def test_quick_end_to_end(tmp_path, mnist_dir):
+    """P2PL on the complete graph runs for real through runner.run at --quick scale; the other
+    settings are faked. A second call reuses everything."""
+    base = spec.base_config(quick=True)
+    fake_all(tmp_path, base, [0], skip=("complete",))
+    verdicts = rep.reproduce(str(tmp_path), seeds=1, quick=True, claim_numbers=[1, 2])
+    assert set(verdicts) == {1, 2}
+    assert all(v in rep.VERDICTS for v, _ in verdicts.values())
+    summary = json.loads((tmp_path / "runs" / "complete" / "seed0" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["final_acc_mean"] > 0.2
+    report = (tmp_path / "report.md").read_text()
+    assert "--quick" in report and report.count("**Verdict:") == 2
+    mtime = (tmp_path / "runs" / "complete" / "seed0" / "summary.json").stat().st_mtime
+    rep.reproduce(str(tmp_path), seeds=1, quick=True, claim_numbers=[1, 2])  # nothing to run
+    assert (tmp_path / "runs" / "complete" / "seed0" / "summary.json").stat().st_mtime == mtime
+
+
+def test_plan_reuse_resume_fresh(tmp_path):
+    base = spec.base_config(quick=True, rounds=100, target=0.97)
+    setting = spec.settings(quick=True)["rgg"]
+    fake_run(tmp_path, setting, 0, base, 2, 30)
+    d = str(tmp_path / "runs" / "rgg" / "seed0")
+    c = spec.make_config(base, setting, 0, 2)
+    assert rep._plan(d, c.to_dict())[0] == "reuse"
+    c.rounds = 150                      # reached at 30: a larger cap changes nothing
+    assert rep._plan(d, c.to_dict())[0] == "reuse"
+    c.rounds = 20                       # the cap now cuts before the target: start again
+    assert rep._plan(d, c.to_dict())[0] == "fresh"
+    c.rounds = 100
+    c.learning_rate = 0.01              # another trajectory
+    assert rep._plan(d, c.to_dict())[0] == "fresh"
+    c.learning_rate = base.learning_rate
+    summary = json.loads((tmp_path / "runs" / "rgg" / "seed0" / "summary.json").read_text())
+    summary.update(status="interrupted", rounds_to_target=None, checkpoint_round=10)
+    (tmp_path / "runs" / "rgg" / "seed0" / "summary.json").write_text(json.dumps(summary))
+    assert rep._plan(d, c.to_dict())[0] == "fresh"       # no checkpoint to resume from
+    (tmp_path / "runs" / "rgg" / "seed0" / "checkpoints").mkdir()
+    assert rep._plan(d, c.to_dict())[0] == "resume"
