@@ -9,23 +9,24 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.seed = 0
+    c.seed = 0                       # one seed for everything: partition, graph, inits, shuffling,
+    #                                  link failures
 
     # Data.
     c.dataset = "mnist"              # mnist | fashion_mnist
     c.data_dir = ""                  # directory with the IDX files; "" = search (see README)
-    c.num_devices = 100
+    c.num_devices = 100              # N, the number of simulated devices
     c.samples_per_device = 600       # -1 = use all training data (iid/shards) or the whole set
     c.partition = "iid"              # iid | shards | dirichlet | skew
     c.shards_per_device = 2          # partition=shards
     c.dirichlet_alpha = 0.5          # partition=dirichlet
     c.skew_sigma = 1.0               # partition=skew: log-normal sizes exp(sigma z)
     c.skew_top_fraction = 0.0        # partition=skew: >0 -> device 0 holds this share of the data
-    c.min_samples_per_device = 1
+    c.min_samples_per_device = 1     # every device gets at least this many samples
 
     # Model.
     c.model = "mlp"                  # mlp | cnn
-    c.hidden_sizes = (200, 200)
+    c.hidden_sizes = (200, 200)      # MLP widths: 784-200-200-10
 
     # Graph and consensus.
     c.topology = "complete"          # complete | cycle | path | star | grid | torus |
@@ -38,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.graph_degree = 4               # random_regular
     c.graph_rows = -1                # grid/torus rows; -1 = most square
     c.edgelist_path = ""             # topology=edgelist
-    c.allow_disconnected = False
+    c.allow_disconnected = False     # a disconnected graph is an error unless this is set
     c.mixing = "data_size"           # data_size | metropolis | uniform | max_degree | fedavg
     c.consensus_backend = "auto"     # auto | dense | gather
     c.sync = "max_norm"              # max_norm | none | shared_seed
@@ -54,24 +55,25 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Algorithm and training.
     c.algorithm = "p2pl"             # p2pl | fedavg | local | centralized
-    c.rounds = 100
-    c.local_epochs = 1
-    c.batch_size = 10
-    c.learning_rate = 0.05
-    c.momentum = 0.9
+    c.rounds = 100                   # round cap (may be raised to extend a finished run)
+    c.local_epochs = 1               # E, local epochs per round
+    c.batch_size = 10                # B, local mini-batch size
+    c.learning_rate = 0.05           # eta, SGD learning rate
+    c.momentum = 0.9                 # beta (optax.sgd: m <- g + beta m, theta <- theta - eta m)
     c.momentum_after_consensus = "keep"  # keep | reset | mix
     c.device_block = -1              # local phase layout: -1 auto (2 on CPU, 0 on GPU/TPU);
     #                                  0 = vmap all devices; k = lax.map over blocks of k
 
     # Evaluation.
-    c.eval_every = 1
+    c.eval_every = 1                 # evaluate every this many rounds (and the last)
     c.eval_after_local = False       # also evaluate the models before consensus
-    c.target_accuracy = 0.97
-    c.stop_at_target = True
+    c.target_accuracy = 0.97         # target of rounds_to_target (every device must reach it)
+    c.stop_at_target = True          # stop at the first evaluated round where all devices reach
+    #                                  the target
     c.eval_device_chunk = 10         # models evaluated together (memory bound)
     c.eval_example_chunk = 2000      # test examples per chunk (memory bound)
 
-    # Outputs and operation (these may change when a run is resumed).
+    # Outputs and operation.
     c.checkpoint_every = 10          # checkpoint every this many rounds (and at exit); 0 = at
     #                                  exit only. Rerunning on the same workdir resumes
     c.progress = True                # live progress line and one log line per evaluated round;

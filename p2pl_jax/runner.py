@@ -21,7 +21,17 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from p2pl_jax import checkpoint, graphs, mixing, network, partition, simulation, sync, writers
+from p2pl_jax import (
+    checkpoint,
+    graphs,
+    mixing,
+    network,
+    partition,
+    sharding,
+    simulation,
+    sync,
+    writers,
+)
 from p2pl_jax import data as data_lib
 from p2pl_jax import progress as progress_lib
 from p2pl_jax.consensus import BACKENDS
@@ -130,6 +140,10 @@ def build(c: ml_collections.ConfigDict) -> tuple[simulation.Simulator, data_lib.
         momentum_after_consensus=c.momentum_after_consensus,
         local_epochs=c.local_epochs, batch_size=c.batch_size,
         device_block=resolve_device_block(c.device_block))
+    if c.shard:
+        if c.distributed:   # multi-host (e.g. a TPU pod slice): every host runs this program
+            jax.distributed.initialize()
+        sim.shard(sharding.make_mesh())
     info: dict[str, Any] = {"partition": stats, "diameter": sim.diameter,
                             "consensus_backend": sim.backend, "data_source": ds.source,
                             "num_edges": int(adj.sum() // 2)}

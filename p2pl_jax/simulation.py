@@ -300,6 +300,7 @@ class Simulator:
         self._init_static = dict(model=model, input_shape=self.input_shape, num_devices=n,
                                  sync_mode=self.sync_mode, diameter=self.diameter,
                                  max_delay=self.spec.max_delay)
+        self._sharded_init = None
         # What the compiled local phase depends on (sweeps group replicas by it).
         self.local_update_key = (model, int(sizes.max()), batch_size, local_epochs)
 
@@ -310,9 +311,38 @@ class Simulator:
 
     def init(self, seed: int) -> SimState:
         """The state before round 1: independent inits, then phase-0 synchronization."""
+        if self._sharded_init is not None:
+            return self._sharded_init(rng.root_key(seed))
         return _jitted_init(**self._init_static)(rng.root_key(seed),
                                                  jnp.asarray(self._sync_lists[0]),
                                                  jnp.asarray(self._sync_lists[1]))
+
+    def shard(self, mesh) -> None:
+        """Splits the device axis over `mesh` (see sharding.py); call before `init`.
+
+        The local phase is then vmapped over all devices (device_block 0), each accelerator
+        running its own N / mesh.size devices; consensus crosses shards inside the program.
+        """
+        from p2pl_jax import sharding
+
+        n = self.num_devices
+        sharding.check_divisible(n, mesh)
+        rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        arrays_sh = sharding.device_axis_sharding(self.arrays, n, mesh)
+        arrays_sh = arrays_sh.replace(x=rep, y=rep)
+        self.arrays = jax.device_put(self.arrays, arrays_sh)
+        self.spec = dataclasses.replace(self.spec, device_block=0)
+        self.round_fn = partial(round_step, spec=self.spec, local_update=self.local_update)
+        example = jax.eval_shape(self.init_state, rng.root_key(0))
+        state_sh = sharding.device_axis_sharding(
+            example, n, mesh, axis_of=lambda leaf: 1 if leaf.ndim > 1 and leaf.shape[0] != n
+            and leaf.shape[1] == n else 0)
+        self._state_sharding = state_sh
+        self._round = jax.jit(self.round_fn, donate_argnums=0, out_shardings=(state_sh, rep))
+        self._round_with_local = jax.jit(
+            partial(self.round_fn, return_local=True), donate_argnums=0,
+            out_shardings=(state_sh, rep, state_sh.params))
+        self._sharded_init = jax.jit(self.init_state, out_shardings=state_sh)
 
     def compile(self, state: SimState, hp: HParams, *, return_local: bool = False) -> float:
         """Compiles the round ahead of time; returns the compile time in seconds."""
