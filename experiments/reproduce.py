@@ -95,44 +95,53 @@ def _plan(workdir: str, config: dict) -> tuple[str, dict | None]:
     return "fresh", None
 
 
+def run_or_reuse(c, workdir: str, *, report_only: bool = False, name: str = "") -> dict:
+    """Runs config `c` into `workdir` unless a usable result is there (see `_plan`).
+
+    Returns a record: 'workdir', 'config', 'status' ('ok', 'missing', 'error: ...'),
+    'reused' and the summary fields. A run that reached the target has its checkpoints
+    deleted (it can never need more rounds); one that did not keeps them, so a larger round
+    cap continues it.
+    """
+    name = name or workdir
+    record = {"workdir": workdir, "config": c.to_dict()}
+    action, summary = _plan(workdir, c.to_dict())
+    if action == "reuse":
+        record.update(summary, reused=True)
+        record["status"] = ("ok" if summary.get("status", "completed") == "completed"
+                            else f"error: {summary['status']}")
+        return record
+    if report_only:
+        record["status"] = "missing"
+        return record
+    if action == "fresh" and os.path.isdir(workdir):
+        print(f"[run] {workdir} holds a run of another config: starting over", flush=True)
+        shutil.rmtree(workdir)
+    print(f"[run] {name} ({action}) -> {workdir}", flush=True)
+    t0 = time.perf_counter()
+    try:
+        record.update(run(c, workdir), reused=False)
+        record["status"] = "ok"
+    except (ConfigError, DivergenceError) as e:
+        record["status"] = f"error: {e}"
+        print(f"[run] {name} failed: {e}", flush=True)
+    print(f"[run] {name} done in {time.perf_counter() - t0:.0f}s: rounds_to_target="
+          f"{record.get('rounds_to_target')}", flush=True)
+    if record["status"] == "ok" and record.get("rounds_to_target") is not None:
+        shutil.rmtree(os.path.join(workdir, CHECKPOINT_DIR), ignore_errors=True)
+    return record
+
+
 def run_setting(setting: spec.Setting, base, seeds: Sequence[int], root: str, eval_every: int,
                 *, report_only: bool = False) -> list[dict]:
-    """Runs (or reuses, or resumes) one setting for every seed; returns one record per seed
-    with 'seed', 'workdir', 'config', 'status' ('ok', 'missing', 'error: ...') and the
-    summary fields. A run that reached the target has its checkpoints deleted (it can never
-    need more rounds); one that did not keeps them, so a larger --rounds continues it."""
+    """`run_or_reuse` for every seed of a setting, into root/runs/<setting>/seed<k>."""
     records = []
     for seed in seeds:
         c = spec.make_config(base, setting, seed, eval_every)
         workdir = os.path.join(root, "runs", setting.name, f"seed{seed}")
-        record = {"setting": setting.name, "seed": seed, "workdir": workdir,
-                  "config": c.to_dict()}
-        action, summary = _plan(workdir, c.to_dict())
-        if action == "reuse":
-            record.update(summary, reused=True)
-            record["status"] = ("ok" if summary.get("status", "completed") == "completed"
-                                else f"error: {summary['status']}")
-        elif report_only:
-            record["status"] = "missing"
-        else:
-            if action == "fresh" and os.path.isdir(workdir):
-                print(f"[reproduce] {workdir} holds a run of another config: starting over",
-                      flush=True)
-                shutil.rmtree(workdir)
-            print(f"[reproduce] {setting.name} seed {seed} ({action}) -> {workdir}", flush=True)
-            t0 = time.perf_counter()
-            try:
-                record.update(run(c, workdir), reused=False)
-                record["status"] = "ok"
-            except (ConfigError, DivergenceError) as e:
-                record["status"] = f"error: {e}"
-                print(f"[reproduce] {setting.name} seed {seed} failed: {e}", flush=True)
-            print(f"[reproduce] {setting.name} seed {seed} done in "
-                  f"{time.perf_counter() - t0:.0f}s: rounds_to_target="
-                  f"{record.get('rounds_to_target')}", flush=True)
-            if record["status"] == "ok" and record.get("rounds_to_target") is not None:
-                shutil.rmtree(os.path.join(workdir, CHECKPOINT_DIR), ignore_errors=True)
-        records.append(record)
+        record = run_or_reuse(c, workdir, report_only=report_only,
+                              name=f"{setting.name} seed {seed}")
+        records.append({"setting": setting.name, "seed": seed, **record})
     return records
 
 

@@ -8,6 +8,7 @@ for), so only two tiny real runs are compiled; a full --quick pass compiles 18 p
 import csv
 import json
 import math
+import os
 import re
 
 import numpy as np
@@ -208,3 +209,34 @@ def test_plan_reuse_resume_fresh(tmp_path):
     assert rep._plan(d, c.to_dict())[0] == "fresh"       # no checkpoint to resume from
     (tmp_path / "runs" / "rgg" / "seed0" / "checkpoints").mkdir()
     assert rep._plan(d, c.to_dict())[0] == "resume"
+
+
+def test_compare_mixing_table(tmp_path, monkeypatch, capsys):
+    """benchmarks.compare_mixing builds one row per graph × sizes × scheme (runs faked)."""
+    from benchmarks import compare_mixing
+
+    def fake(config, workdir):
+        rtt = {"data_size": 2, "metropolis": 3}.get(config.mixing)
+        summary = {"status": "completed", "rounds_to_target": rtt, "final_acc_min": 0.6,
+                   "final_acc_mean": 0.7, "rounds_run": rtt or config.rounds,
+                   "wall_time_s": 2.0, "train_wall_s": 1.0, "compile_time_s": 1.0,
+                   "eval_time_s": 0.1, "spectral_gap": 0.5, "diameter": 2}
+        os.makedirs(workdir, exist_ok=True)
+        for name, obj in (("config.json", config.to_dict()), ("summary.json", summary)):
+            with open(os.path.join(workdir, name), "w") as f:
+                json.dump(obj, f)
+        return summary
+
+    monkeypatch.setattr(rep, "run", fake)
+    records = compare_mixing.main(["--quick", "--seeds=2", f"--workdir={tmp_path}",
+                                   "--graphs=random_geometric,torus"])
+    assert len(records) == 2 * 2 * 4 * 2
+    out = capsys.readouterr().out
+    assert "# machine:" in out
+    table = (tmp_path / "compare_mixing.md").read_text()
+    assert table.count("| random_geometric |") == 8 and table.count("| torus |") == 8
+    assert "| torus | skewed | data_size | 2.0 ± 0.0 | 2/2 |" in table
+    assert "| torus | equal | uniform | not reached in 3 | 0/2 |" in table
+    with open(tmp_path / "compare_mixing.csv") as f:
+        assert len(list(csv.DictReader(f))) == 32
+    compare_mixing.main(["--quick", "--seeds=2", f"--workdir={tmp_path}", "--graphs=torus"])
