@@ -61,6 +61,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.learning_rate = 0.05           # eta, SGD learning rate
     c.momentum = 0.9                 # beta (optax.sgd: m <- g + beta m, theta <- theta - eta m)
     c.momentum_after_consensus = "keep"  # keep | reset | mix
+    c.shard = False                  # split the device axis over all accelerators (mesh)
+    c.distributed = False            # with shard: jax.distributed.initialize() (multi-host)
     c.device_block = -1              # local phase layout: -1 auto (2 on CPU, 0 on GPU/TPU);
     #                                  0 = vmap all devices; k = lax.map over blocks of k
 
