@@ -17,6 +17,8 @@ import glob
 import io
 import json
 import os
+import sys
+import uuid
 from collections.abc import Sequence
 
 from absl import logging
@@ -46,6 +48,23 @@ def read_jsonl(path: str) -> list[dict]:
     """The records of a metrics.jsonl file."""
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def _import_summary_writer():
+    """tensorboardX.SummaryWriter, imported without torch.
+
+    tensorboardX imports torch when it is installed (about 10 s) only to accept torch tensors;
+    we write Python floats, so torch is hidden during the import unless already loaded.
+    """
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # type: ignore[assignment]  # makes `import torch` fail
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if hide:
+            del sys.modules["torch"]
+    return SummaryWriter
 
 
 class MetricsWriter:
@@ -79,7 +98,7 @@ class MetricsWriter:
 
     def _open_tensorboard(self):
         try:
-            from tensorboardX import SummaryWriter
+            SummaryWriter = _import_summary_writer()
         except ImportError:
             logging.warning("tensorboardX is not installed: no TensorBoard event files "
                             "(pip install tensorboardX, or set --config.tensorboard=False)")
@@ -91,7 +110,9 @@ class MetricsWriter:
             purge_step = None
             for old in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
                 os.remove(old)
-        return SummaryWriter(logdir=logdir, purge_step=purge_step, flush_secs=30)
+        # a unique suffix: two writers started in the same second must not share a file
+        return SummaryWriter(logdir=logdir, purge_step=purge_step, flush_secs=30,
+                             filename_suffix=f".{os.getpid()}.{uuid.uuid4().hex[:8]}")
 
     def write(self, record: dict) -> None:
         """Appends one record (a flat dict with an int `round` and float values)."""
