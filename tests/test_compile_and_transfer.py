@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from configs import smoke
 from p2pl_jax import graphs, runner, simulation
@@ -18,15 +19,21 @@ def _sim(**kw):
                                 batch_size=4, **kw)
 
 
-def test_round_is_traced_once(monkeypatch):
-    traces = []
+@pytest.fixture
+def traces(monkeypatch):
+    """Counts the traces of simulation.round_step (each trace = one compile)."""
+    calls = []
     real = simulation.round_step
 
     def counting(*args, **kwargs):
-        traces.append(1)
+        calls.append(1)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(simulation, "round_step", counting)
+    return calls
+
+
+def test_round_is_traced_once(traces):
     sim = _sim(link_failures=True, dropouts=True, max_delay=1)
     hp = simulation.make_hparams(0.1, 0.9, 0.5, dropout_prob=0.2)
     state = sim.init(0)
@@ -38,15 +45,7 @@ def test_round_is_traced_once(monkeypatch):
     assert len(traces) == 1
 
 
-def test_runner_loop_traces_round_once(monkeypatch, tmp_path):
-    traces = []
-    real = simulation.round_step
-
-    def counting(*args, **kwargs):
-        traces.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(simulation, "round_step", counting)
+def test_runner_loop_traces_round_once(traces, tmp_path):
     c = smoke.get_config()
     c.rounds = 4
     c.link_failure_prob = 0.3
