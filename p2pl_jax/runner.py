@@ -12,6 +12,8 @@ import json
 import math
 import os
 import platform
+import signal
+import threading
 import time
 from typing import Any
 
@@ -210,6 +212,35 @@ def _params_finite(params) -> bool:
                if jnp.issubdtype(leaf.dtype, jnp.floating))
 
 
+class _StopRequest:
+    """While installed, SIGINT and SIGTERM ask the run loop to stop after the round in progress
+    (checkpointing it) instead of interrupting it anywhere; a second SIGINT interrupts at once.
+    Only in the main thread (elsewhere signals cannot be caught and nothing changes)."""
+
+    def __init__(self):
+        self.signal = ""
+        self._previous: dict = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        logging.warning("%s: stopping after the current round (it will be checkpointed); "
+                        "press Ctrl-C again to stop at once", self.signal)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            if handler is not None:   # None: set outside Python, cannot be restored
+                signal.signal(sig, handler)
+        self._previous.clear()
+
+
 def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs one simulation described by config `c`, writing its outputs to `workdir`.
 
@@ -285,8 +316,10 @@ def _run(c: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpoint
         saved = round_index
 
     progress.start()
+    stop_request = _StopRequest()
     try:
         finished = rounds_to_target is not None and c.stop_at_target
+        stop_request.install()
         for r in range(start_round + 1, c.rounds + 1) if not finished else ():
             is_eval = r % c.eval_every == 0 or r == c.rounds
             is_ckpt = c.checkpoint_every > 0 and r % c.checkpoint_every == 0
@@ -319,10 +352,16 @@ def _run(c: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpoint
             done = r
             progress.update(r, record)
             stop = c.stop_at_target and rounds_to_target == r
-            if is_ckpt or stop:
+            if stop_request.signal and checked != r:
+                if not _params_finite(state.params):
+                    _check_finite({"params_finite": 0.0}, r, c.learning_rate, checked)
+                checked = r
+            if is_ckpt or stop or stop_request.signal:
                 save(r)
             if stop:
                 break
+            if stop_request.signal:
+                raise KeyboardInterrupt(f"{stop_request.signal} after round {r}")
         if done != checked and not _params_finite(state.params):
             _check_finite({"params_finite": 0.0}, done, c.learning_rate, checked)
         save(done)
@@ -343,6 +382,7 @@ def _run(c: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpoint
                         "Rerun the same command to resume.", done, saved, ckpt.directory)
         raise
     finally:
+        stop_request.restore()
         progress.clear()
         writer.close()
         last = writer.records[-1] if writer.records else {}
