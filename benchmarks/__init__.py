@@ -1,0 +1,1 @@
+"""Speed scripts (run from the repo root: `python -m benchmarks.round_time`, ...); not tests."""

@@ -1,0 +1,56 @@
+"""Smoke test of the benchmark scripts: each runs end to end with --quick in a subprocess.
+
+Benchmarks are scripts, not timed tests: only that they run, print their machine header and
+(vs_loop) that the per-device jax loop matches the vectorized round. The two runs share a
+persistent compilation cache, so the second reuses the first's compiled init and dense round.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench_env(tmp_path_factory):
+    env = dict(os.environ)
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jit_cache"))
+    env["JAX_PLATFORMS"] = "cpu"
+    env.pop("XLA_FLAGS", None)   # one host device, whatever the caller fakes
+    return env
+
+
+def _run(module: str, args: list[str], env: dict) -> str:
+    proc = subprocess.run([sys.executable, "-m", module, "--quick", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{module} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert "# machine:" in proc.stdout and "jax " in proc.stdout
+    return proc.stdout
+
+
+def test_round_time_quick(bench_env, tmp_path):
+    out = _run("benchmarks.round_time", ["--json", str(tmp_path / "r.json")], bench_env)
+    assert "copy bandwidth" in out
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert {r["backend"] for r in rows} == {"dense", "gather"}
+    for r in rows:
+        assert "error" not in r, r
+        assert r["round_s"] > 0 and r["consensus_s"] > 0 and r["floor_s"] > 0
+
+
+def test_vs_loop_quick(bench_env, tmp_path):
+    out = _run("benchmarks.vs_loop", ["--json", str(tmp_path / "v.json")], bench_env)
+    assert "match: True" in out
+    res = json.loads((tmp_path / "v.json").read_text())
+    assert res["match"] is True and res["jax_loop"]["round_s"] > 0
+    if res["torch_loop"] is not None:   # torch is optional
+        assert res["torch_match"] is True
+
+
+def test_gpu_check_script_parses():
+    subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_check.sh")], check=True)
