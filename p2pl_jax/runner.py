@@ -270,7 +270,7 @@ def _run(c: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpoint
     _write_json(os.path.join(workdir, "config.json"), c.to_dict())
     sim, ds, info = build(c)
     _write_json(os.path.join(workdir, "partition.json"), info.pop("partition"))
-    logging.info("devices=%d algorithm=%s topology=%s (diameter %d, %d edges) backend=%s "
+    logging.info("devices=%d algorithm=%s topology=%s (diameter %s, %d edges) backend=%s "
                  "data=%s", sim.num_devices, c.algorithm, c.topology, info["diameter"],
                  info["num_edges"], sim.backend, info["data_source"])
 

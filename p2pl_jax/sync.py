@@ -41,3 +41,22 @@ def max_norm_sync(params, idx: jax.Array, valid: jax.Array, num_steps: int):
     """Runs `num_steps` max-norm steps on a [N, ...] parameter tree; returns the synced tree."""
     src = max_norm_sources(global_norms(params), idx, valid, num_steps)
     return jax.tree.map(lambda leaf: leaf[src], params)
+
+
+def max_norm_sync_until_stable(params, idx: jax.Array, valid: jax.Array):
+    """Max norm sync run until no device changes (at most N steps), for graphs too large to
+    compute the diameter cheaply. A device's choice can only change while the global maximum
+    is still spreading, so the fixed point is the same state diameter(G) steps reach."""
+    norms = global_norms(params)
+    n = norms.shape[0]
+
+    def step(carry):
+        src, _, count = carry
+        cand = src[idx]
+        best = jnp.argmax(jnp.where(valid, norms[cand], -jnp.inf), axis=1)
+        new = jnp.take_along_axis(cand, best[:, None], axis=1)[:, 0]
+        return new, jnp.any(new != src), count + 1
+
+    src, _, _ = jax.lax.while_loop(lambda c: c[1] & (c[2] < n), step,
+                                   (jnp.arange(n), jnp.array(True), 0))
+    return jax.tree.map(lambda leaf: leaf[src], params)

@@ -102,3 +102,19 @@ def test_path_needs_diameter_steps():
     synced = max_norm_sync(jtree, idx, valid, 9)
     for k, leaf in tree.items():
         np.testing.assert_array_equal(np.asarray(synced[k]), np.broadcast_to(leaf[0], leaf.shape))
+
+
+@pytest.mark.parametrize("topology,kw", [("path", {}), ("cycle", {}), ("star", {}),
+                                         ("random_geometric", {"radius": 0.6})])
+def test_until_stable_equals_diameter_steps(topology, kw):
+    from p2pl_jax import graphs, sync
+
+    g = graphs.make_graph(topology, 12, seed=2, **kw)
+    nl = graphs.neighbour_lists(graphs.adjacency(g))
+    gen = np.random.default_rng(0)
+    params = {"w": jnp.asarray(gen.normal(size=(12, 3, 2)) * gen.uniform(0.5, 2, (12, 1, 1)),
+                               jnp.float32)}
+    idx, valid = jnp.asarray(nl.idx), jnp.asarray(nl.valid)
+    a = sync.max_norm_sync(params, idx, valid, graphs.diameter(g))
+    b = sync.max_norm_sync_until_stable(params, idx, valid)
+    np.testing.assert_array_equal(np.asarray(a["w"]), np.asarray(b["w"]))
