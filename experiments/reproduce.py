@@ -267,8 +267,9 @@ def verdict_1(st: dict, target: float) -> tuple[str, str]:
     refs = "; ".join(f"{s.label} final accuracy {np.mean(s.final_mean):.4f} "
                      f"({s.rounds_text()})" for s in (f, c) if s.ran)
     if p.all_reached:
+        seeds = f"all {p.n} seeds" if p.n > 1 else "the one seed run"
         return "reproduced", (f"P2PL (complete graph) brought every device to ≥ {target:.0%} in "
-                              f"all {p.n} seeds after {p.rounds_text()} rounds. {refs}.")
+                              f"{seeds} after {p.rounds_text()} rounds. {refs}.")
     if p.reached:
         return "partly reproduced", (f"every device reached {target:.0%} in only {p.reached} of "
                                      f"{p.n} seeds. {refs}.")
@@ -325,15 +326,16 @@ def verdict_3(st: dict, target: float) -> tuple[str, str]:
     return "not reproduced", f"{trend}. {table}."
 
 
-def _converges(st: dict, names: Sequence[str], what: str, target: float,
-               reference: str) -> tuple[str, str]:
+def _converges(st: dict, references: dict[str, str], what: str,
+               target: float) -> tuple[str, str]:
+    """references: {setting: the setting it is compared with (same graph, ideal conditions)}."""
+    names = list(references)
     if _missing(st, names):
         return "not run", f"missing settings: {', '.join(_missing(st, names))}."
-    ref = st[reference]
     slow = []
     for n in names:
-        s = st[n]
-        if s.reached and ref.reached:
+        s, ref = st[n], st[references[n]]
+        if s.reached and ref.ran and ref.reached:
             slow.append(f"{s.label}: {s.rounds_text()} rounds "
                         f"(×{s.censored() / ref.censored():.2f} of {ref.label})")
         else:
@@ -349,12 +351,13 @@ def _converges(st: dict, names: Sequence[str], what: str, target: float,
 
 
 def verdict_4(st: dict, target: float) -> tuple[str, str]:
-    return _converges(st, ["rgg_fail0.3", "rgg_fail0.5", "complete_fail0.5"], "link-failure",
-                      target, "rgg")
+    return _converges(st, {"rgg_fail0.3": "rgg", "rgg_fail0.5": "rgg",
+                           "complete_fail0.5": "complete"}, "link-failure", target)
 
 
 def verdict_5(st: dict, target: float) -> tuple[str, str]:
-    return _converges(st, ["shards2", "dirichlet0.5"], "non-IID", target, "complete")
+    return _converges(st, {"shards2": "complete", "dirichlet0.5": "complete"}, "non-IID",
+                      target)
 
 
 def verdict_6(st: dict, target: float) -> tuple[str, str]:
