@@ -149,9 +149,8 @@ def build(c: ml_collections.ConfigDict) -> tuple[simulation.Simulator, data_lib.
     info: dict[str, Any] = {"partition": stats, "diameter": sim.diameter,
                             "consensus_backend": sim.backend, "data_source": ds.source,
                             "num_edges": int(adj.sum() // 2)}
-    if c.algorithm == "p2pl" and adj.shape[0] <= 2000:
-        w = mixing.mixing_matrix(adj, np.array([len(p) for p in parts]), c.mixing)
-        info.update({k: float(v) for k, v in mixing.spectral_info(w).items()})
+    if sim.mixing_matrix is not None and adj.shape[0] <= 2000:
+        info.update({k: float(v) for k, v in mixing.spectral_info(sim.mixing_matrix).items()})
     return sim, ds, info
 
 

@@ -288,6 +288,8 @@ class Simulator:
                          device_block=int(device_block), dropouts=bool(dropouts),
                          bursts=bool(link_bursts), time_varying=time_varying,
                          max_delay=int(max_delay), delay_mode=delay_mode)
+        # The static graph's dense float64 W (P2PL only; None otherwise), e.g. for its spectrum.
+        self.mixing_matrix = w_dense_np if algorithm == "p2pl" else None
         w_dense = w_dense_np if (resolved == "dense" and not dynamic) else np.zeros((1, 1))
         self.arrays = Arrays(
             x=jnp.asarray(x[rows]), y=jnp.asarray(y[rows], jnp.int32),
