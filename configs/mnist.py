@@ -69,6 +69,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Evaluation.
     c.eval_every = 1                 # evaluate every this many rounds (and the last)
     c.eval_after_local = False       # also evaluate the models before consensus
+    c.eval_backfill = True           # with eval_every > 1: once an evaluation meets the target,
+    #                                  also evaluate the rounds since the previous evaluation
+    #                                  (their params are kept: (eval_every - 1) x N x P x 4
+    #                                  bytes) so rounds_to_target is exact
     c.target_accuracy = 0.97         # target of rounds_to_target (every device must reach it)
     c.stop_at_target = True          # stop at the first evaluated round where all devices reach
     #                                  the target

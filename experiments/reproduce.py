@@ -13,10 +13,17 @@ checkpoint (runner.run resumes), so an interrupted reproduction picks up where i
                     reached it; otherwise the final min / mean accuracy), a verdict computed from
                     those numbers, and figures (DIR/figures/*.png, linked relatively).
 --report_only writes the report from the runs already on disk (missing settings: "not run").
+
+Several processes started with the same flags share the runs: each claims a run through a file
+in DIR/claims/ before starting it and skips runs another live process holds, then writes the
+report from what is on disk (the last one to finish writes the complete report). On a CPU, one
+process per core is faster than one process on all cores (small matmuls do not scale across
+threads):  for c in 0 1; do taskset -c $c python -m experiments.reproduce ... & done; wait
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -32,6 +39,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
+from configs import mnist
 from configs import reproduce as spec
 from p2pl_jax import checkpoint, plotting
 from p2pl_jax.errors import ConfigError
@@ -79,6 +87,9 @@ def _plan(workdir: str, config: dict) -> tuple[str, dict | None]:
     if stored is None:
         return "fresh", None
     requested = json.loads(json.dumps(config))
+    # A field added to the config since the run was written counts as its default value.
+    defaults = json.loads(json.dumps(mnist.get_config().to_dict()))
+    stored = {**{k: v for k, v in defaults.items() if k not in stored}, **stored}
     if checkpoint.fingerprint(stored) != checkpoint.fingerprint(requested):
         return "fresh", None
     if summary is not None:
@@ -132,17 +143,67 @@ def run_or_reuse(c, workdir: str, *, report_only: bool = False, name: str = "") 
     return record
 
 
-def run_setting(setting: spec.Setting, base, seeds: Sequence[int], root: str, eval_every: int,
-                *, report_only: bool = False) -> list[dict]:
-    """`run_or_reuse` for every seed of a setting, into root/runs/<setting>/seed<k>."""
-    records = []
-    for seed in seeds:
-        c = spec.make_config(base, setting, seed, eval_every)
-        workdir = os.path.join(root, "runs", setting.name, f"seed{seed}")
-        record = run_or_reuse(c, workdir, report_only=report_only,
-                              name=f"{setting.name} seed {seed}")
-        records.append({"setting": setting.name, "seed": seed, **record})
-    return records
+def run_dir(root: str, name: str, seed: int) -> str:
+    return os.path.join(root, "runs", name, f"seed{seed}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def claim(root: str, name: str, seed: int):
+    """Yields True if this process may run (name, seed): it holds root/claims/<name>.seed<k>
+    (created exclusively, holding the pid) until the block ends. Yields False while another
+    live process holds it; a claim left by a dead process is taken over. This lets several
+    processes started with the same flags share the runs (e.g. one per CPU core)."""
+    os.makedirs(os.path.join(root, "claims"), exist_ok=True)
+    path = os.path.join(root, "claims", f"{name}.seed{seed}")
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    owner = int(f.read().strip() or 0)
+            except (OSError, ValueError):
+                owner = 0
+            if owner and owner != os.getpid() and _pid_alive(owner):
+                yield False
+                return
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)        # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        try:
+            yield True
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        return
+    yield False
+
+
+def run_job(setting: spec.Setting, base, seed: int, root: str, eval_every: int,
+            *, report_only: bool = False) -> dict:
+    """`run_or_reuse` of one (setting, seed) into root/runs/<setting>/seed<k>; a run that
+    another live process is working on is recorded as 'missing'."""
+    c = spec.make_config(base, setting, seed, eval_every)
+    workdir = run_dir(root, setting.name, seed)
+    if report_only:
+        record = run_or_reuse(c, workdir, report_only=True)
+    else:
+        with claim(root, setting.name, seed) as mine:
+            record = (run_or_reuse(c, workdir, name=f"{setting.name} seed {seed}") if mine
+                      else {"workdir": workdir, "config": c.to_dict(), "status": "missing"})
+    return {"setting": setting.name, "seed": seed, **record}
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -593,11 +654,16 @@ def reproduce(workdir: str, *, seeds: int = 3, quick: bool = False, rounds: int 
     table = spec.settings(quick=quick, skew_sigma=skew_sigma)
     claims = [c for c in spec.CLAIMS if not claim_numbers or c.number in claim_numbers]
     needed = list(dict.fromkeys(n for c in claims for n in c.settings))
-    records: dict[str, list[dict]] = {}
     t0 = time.perf_counter()
-    for name in needed:
-        records[name] = run_setting(table[name], base, range(seeds), workdir, eval_every,
-                                    report_only=report_only)
+    # Seed-major order: an interrupted or partial reproduction has whole seeds first.
+    jobs = [(name, seed) for seed in range(seeds) for name in needed]
+    done = {job: run_job(table[job[0]], base, job[1], workdir, eval_every,
+                         report_only=report_only) for job in jobs}
+    # Runs other processes finished meanwhile (see `claim`) are read back from disk.
+    done.update({job: run_job(table[job[0]], base, job[1], workdir, eval_every,
+                              report_only=True)
+                 for job, r in done.items() if r["status"] == "missing"})
+    records = {name: [done[(name, seed)] for seed in range(seeds)] for name in needed}
     stats = {n: make_stat(table[n], records[n]) for n in needed}
     write_csv(os.path.join(workdir, "results.csv"), [r for n in needed for r in records[n]])
     tgt = base.target_accuracy
@@ -608,7 +674,8 @@ def reproduce(workdir: str, *, seeds: int = 3, quick: bool = False, rounds: int 
     figdir = os.path.join(workdir, "figures")
     figures = {c.number: claim_figures(c, stats, figdir, tgt) for c in claims}
     partitions = partition_figures(stats, figdir)
-    done = [r for rs in records.values() for r in rs if r["status"] == "ok"]
+    finished = [r for rs in records.values() for r in rs if r["status"] == "ok"]
+    hours = sum(r.get("wall_time_s", 0) for r in finished) / 3600
     header = {
         "command": command,
         "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -619,8 +686,7 @@ def reproduce(workdir: str, *, seeds: int = 3, quick: bool = False, rounds: int 
                   f"lr {base.learning_rate}, momentum {base.momentum}, {base.local_epochs} local "
                   f"epoch(s) per round, round cap {base.rounds}, seeds 0..{seeds - 1}, "
                   f"sparse settings evaluated every {eval_every} rounds; "
-                  f"{len(done)} runs, {sum(r.get('wall_time_s', 0) for r in done) / 3600:.2f} h "
-                  f"of run time in total"),
+                  f"{len(finished)} runs, {hours:.2f} h of run time in total"),
         "machine": (f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs), "
                     f"JAX {jax.__version__} on {jax.default_backend()}"),
     }

@@ -33,7 +33,8 @@ from p2pl_jax.errors import ConfigError
 FORMAT = 1
 # Config fields that may differ between the run that wrote a checkpoint and the run resuming it.
 RESUMABLE_FIELDS = ("rounds", "checkpoint_every", "progress", "tensorboard", "data_dir",
-                    "eval_device_chunk", "eval_example_chunk", "device_block", "stop_at_target")
+                    "eval_device_chunk", "eval_example_chunk", "device_block", "stop_at_target",
+                    "eval_backfill")
 _STATE, _META = "state", "meta"
 
 

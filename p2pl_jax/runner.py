@@ -83,7 +83,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check_range("device_block", c.device_block, -1, integer=True)
     check_range("checkpoint_every", c.checkpoint_every, 0, integer=True)
     for field in ("progress", "tensorboard", "stop_at_target", "eval_after_local",
-                  "allow_disconnected"):
+                  "eval_backfill", "allow_disconnected"):
         if not isinstance(c[field], bool):
             raise ConfigError(f"{field}={c[field]!r} must be a boolean (True or False)")
     if c.samples_per_device != -1:
@@ -301,6 +301,9 @@ def _run(c: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpoint
     saved = start_round if restored is not None else None
     done = checked = start_round   # last round fully processed / known to be finite
     status = "failed"
+    # Rounds since the last evaluation, kept until the target is reached (see eval_backfill).
+    backfill = c.eval_backfill and c.eval_every > 1
+    pending: list[tuple[int, Any, Any]] = []
 
     def save(round_index: int) -> None:
         nonlocal saved, checkpoint_time
@@ -336,12 +339,27 @@ def _run(c: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpoint
                     record.update({f"local_{k}": v for k, v in local.items()
                                    if k != "consensus_distance"})
                 record.update({k: float(v) for k, v in jax.device_get(round_metrics).items()})
+                _check_finite(record, r, c.learning_rate, checked)
+                reached = record["acc_min"] >= c.target_accuracy
+                if rounds_to_target is None and reached and pending:
+                    # The target was first met somewhere in (previous evaluation, r]: find where.
+                    for rb, params_b, metrics_b in pending:
+                        back = {"round": rb, **summarize(evaluate(params_b)),
+                                **{k: float(v) for k, v in jax.device_get(metrics_b).items()},
+                                "backfilled": 1.0,
+                                "wall_s": prior_wall + time.perf_counter() - start}
+                        writer.write(back)
+                        if back["acc_min"] >= c.target_accuracy:
+                            rounds_to_target = rb
+                            break
+                pending.clear()
                 eval_time += time.perf_counter() - te
                 record["wall_s"] = prior_wall + time.perf_counter() - start
-                _check_finite(record, r, c.learning_rate, checked)
                 writer.write(record)
-                if rounds_to_target is None and record["acc_min"] >= c.target_accuracy:
+                if rounds_to_target is None and reached:
                     rounds_to_target = r
+            elif backfill and rounds_to_target is None:
+                pending.append((r, jax.tree.map(jnp.copy, state.params), round_metrics))
             elif is_ckpt:
                 _check_finite({k: float(v) for k, v in jax.device_get(round_metrics).items()},
                               r, c.learning_rate, checked)
@@ -350,7 +368,7 @@ def _run(c: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpoint
             checked = r if (is_eval or is_ckpt) else checked
             done = r
             progress.update(r, record)
-            stop = c.stop_at_target and rounds_to_target == r
+            stop = c.stop_at_target and rounds_to_target is not None and is_eval
             if stop_request.signal and checked != r:
                 if not _params_finite(state.params):
                     _check_finite({"params_finite": 0.0}, r, c.learning_rate, checked)

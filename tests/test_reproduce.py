@@ -10,6 +10,8 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -240,3 +242,37 @@ def test_compare_mixing_table(tmp_path, monkeypatch, capsys):
     with open(tmp_path / "compare_mixing.csv") as f:
         assert len(list(csv.DictReader(f))) == 32
     compare_mixing.main(["--quick", "--seeds=2", f"--workdir={tmp_path}", "--graphs=torus"])
+
+
+def test_plan_counts_fields_added_since_as_their_default(tmp_path):
+    base = spec.base_config(quick=True, rounds=100, target=0.97)
+    setting = spec.settings(quick=True)["local"]      # never reaches: reuse needs equal configs
+    fake_run(tmp_path, setting, 0, base, 2, None, final_mean=0.85)
+    d = tmp_path / "runs" / "local" / "seed0"
+    stored = json.loads((d / "config.json").read_text())
+    del stored["eval_backfill"]                       # written before the field existed
+    (d / "config.json").write_text(json.dumps(stored))
+    c = spec.make_config(base, setting, 0, 2)
+    assert rep._plan(str(d), c.to_dict())[0] == "reuse"
+    c.eval_backfill = not c.eval_backfill             # not the default: not the same run
+    assert rep._plan(str(d), c.to_dict())[0] != "reuse"
+
+
+def test_claim_is_exclusive_and_stale_claims_are_taken_over(tmp_path):
+    with rep.claim(str(tmp_path), "rgg", 0) as mine:
+        assert mine
+        path = tmp_path / "claims" / "rgg.seed0"
+        assert path.read_text() == str(os.getpid())
+    assert not path.exists()
+    # Held by a live other process: skipped. Left by a dead one: taken over.
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        path.write_text(str(other.pid))
+        with rep.claim(str(tmp_path), "rgg", 0) as mine:
+            assert not mine
+    finally:
+        other.kill()
+        other.wait()
+    with rep.claim(str(tmp_path), "rgg", 0) as mine:
+        assert mine
+    assert not path.exists()

@@ -1,0 +1,77 @@
+"""eval_backfill: with eval_every > 1, rounds_to_target is found exactly inside the window.
+
+One reference run evaluates every round; runs evaluating every 4th round must report the first
+round of the window (previous evaluation, first evaluation meeting the target] that meets it,
+with the same metrics as the reference at the rounds they evaluate (training never depends on
+evaluation).
+"""
+
+import json
+
+import pytest
+
+from configs import smoke
+from p2pl_jax import runner
+from p2pl_jax.writers import read_jsonl
+
+ROUNDS, EVERY = 10, 4
+KEYS = ("acc_min", "acc_mean", "acc_max", "test_loss", "consensus_distance")
+
+
+def _config(**overrides):
+    c = smoke.get_config()
+    c.rounds, c.progress, c.tensorboard, c.checkpoint_every = ROUNDS, False, False, 0
+    c.learning_rate = 0.02
+    for k, v in overrides.items():
+        setattr(c, k, v)
+    return c
+
+
+@pytest.fixture
+def reference(tmp_path, mnist_dir):
+    workdir = tmp_path / "every_round"
+    runner.run(_config(eval_every=1, stop_at_target=False), str(workdir))
+    return {r["round"]: r for r in read_jsonl(str(workdir / "metrics.jsonl"))}
+
+
+def _expected(reference: dict, target: float, every: int) -> int | None:
+    """First round meeting the target within the first window whose end meets it."""
+    ends = [r for r in range(1, ROUNDS + 1) if r % every == 0 or r == ROUNDS]
+    for i, end in enumerate(ends):
+        if reference[end]["acc_min"] >= target:
+            start = ends[i - 1] + 1 if i else 1
+            return next(r for r in range(start, end + 1) if reference[r]["acc_min"] >= target)
+    return None
+
+
+def test_backfill_finds_the_first_round_in_the_window(tmp_path, reference):
+    # Targets: the min accuracy of a round between evaluations that is the first to reach it
+    # and whose window's end reaches it too.
+    targets = []
+    for r in range(1, ROUNDS + 1):
+        acc = reference[r]["acc_min"]
+        if r % EVERY and _expected(reference, acc, EVERY) == r:
+            targets.append((acc, r))
+    assert targets, "no round between evaluations is a first crossing; change the seed"
+    acc, expected = targets[-1]
+    assert expected % EVERY != 0
+    workdir = tmp_path / "backfill"
+    summary = runner.run(_config(eval_every=EVERY, target_accuracy=acc), str(workdir))
+    assert summary["rounds_to_target"] == expected
+    records = read_jsonl(str(workdir / "metrics.jsonl"))
+    rounds = [r["round"] for r in records]
+    assert rounds == sorted(rounds) and expected in rounds
+    assert all(r.get("backfilled") == 1.0 for r in records
+               if r["round"] % EVERY and r["round"] != ROUNDS)
+    for r in records:   # same params as the every-round run, so the same metrics
+        assert {k: r[k] for k in KEYS} == {k: reference[r["round"]][k] for k in KEYS}
+    # It stopped at the evaluation that met the target (stop_at_target).
+    assert summary["rounds_run"] == min(EVERY * -(-expected // EVERY), ROUNDS)
+
+    off = tmp_path / "no_backfill"
+    summary = runner.run(_config(eval_every=EVERY, target_accuracy=acc, eval_backfill=False),
+                         str(off))
+    assert summary["rounds_to_target"] == min(EVERY * -(-expected // EVERY), ROUNDS)
+    assert all(r["round"] % EVERY == 0 or r["round"] == ROUNDS
+               for r in read_jsonl(str(off / "metrics.jsonl")))
+    assert json.loads((off / "config.json").read_text())["eval_backfill"] is False
