@@ -8,10 +8,7 @@ rounds and writes
   workdir/summary.json     rounds_to_target, final accuracies, timings, versions
 """
 
-import json
-import math
 import os
-import platform
 import signal
 import threading
 import time
@@ -38,14 +35,12 @@ from p2pl_jax import data as data_lib
 from p2pl_jax import progress as progress_lib
 from p2pl_jax.consensus import BACKENDS
 from p2pl_jax.errors import ConfigError, check_choice, check_range
-from p2pl_jax.metrics import make_evaluator, summarize
+from p2pl_jax.metrics import make_evaluator
 from p2pl_jax.models import MODELS, make_model
+from p2pl_jax.recorder import DivergenceError, Recorder
+from p2pl_jax.recorder import check_finite as _check_finite
 
 CHECKPOINT_DIR = "checkpoints"
-
-
-class DivergenceError(RuntimeError):
-    """Training produced a non-finite loss or parameters."""
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
@@ -162,33 +157,6 @@ def hparams(c: ml_collections.ConfigDict) -> simulation.HParams:
         graph_radius=c.graph_radius, graph_p=c.graph_p)
 
 
-def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
-def _check_finite(record: dict, round_index: int, lr: float, last_good: int = -1) -> None:
-    """Raises DivergenceError if a loss in `record` or the round's parameters are not finite.
-
-    `last_good`: the last round known to be finite (names the interval the divergence lies in).
-    """
-    bad = [k for k in ("train_loss", "test_loss") if k in record
-           and not math.isfinite(record[k])]
-    if record.get("params_finite", 1.0) != 1.0:
-        bad.append("a parameter")
-    if bad:
-        when = (f"at round {round_index}" if last_good in (-1, round_index - 1)
-                else f"between round {last_good + 1} and round {round_index} (checked at "
-                     f"evaluated and checkpointed rounds)")
-        raise DivergenceError(
-            f"training diverged {when}: {', '.join(bad)} is not finite. "
-            f"The likely cause is a learning rate too large for this setting "
-            f"(learning_rate={lr}); try a smaller one. Metrics up to the previous evaluated "
-            f"round are kept in metrics.jsonl, and the last good checkpoint is kept.")
-
-
 def _check_workdir(workdir: str) -> None:
     try:
         os.makedirs(workdir, exist_ok=True)
@@ -266,9 +234,9 @@ def _run(c: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpoint
             raise ConfigError(f"rounds={c.rounds} is below the round of the checkpoint in "
                               f"{ckpt.directory} ({restored.round}); allowed: rounds >= "
                               f"{restored.round}, or use a new --workdir")
-    _write_json(os.path.join(workdir, "config.json"), c.to_dict())
+    writers.write_json(os.path.join(workdir, "config.json"), c.to_dict())
     sim, ds, info = build(c)
-    _write_json(os.path.join(workdir, "partition.json"), info.pop("partition"))
+    writers.write_json(os.path.join(workdir, "partition.json"), info.pop("partition"))
     logging.info("devices=%d algorithm=%s topology=%s (diameter %s, %d edges) backend=%s "
                  "data=%s", sim.num_devices, c.algorithm, c.topology, info["diameter"],
                  info["num_edges"], sim.backend, info["data_source"])
@@ -294,16 +262,14 @@ def _run(c: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpoint
                      ckpt.directory)
     jax.block_until_ready(state)
 
-    writer = writers.MetricsWriter(workdir, records, tensorboard=c.tensorboard)
     progress = progress_lib.Progress(c.rounds, start_round, enabled=c.progress)
     start = time.perf_counter()
-    eval_time = checkpoint_time = 0.0
+    recorder = Recorder(c, workdir, evaluate, lambda: prior_wall + time.perf_counter() - start,
+                        records=records, rounds_to_target=rounds_to_target)
+    checkpoint_time = 0.0
     saved = start_round if restored is not None else None
     done = checked = start_round   # last round fully processed / known to be finite
     status = "failed"
-    # Rounds since the last evaluation, kept until the target is reached (see eval_backfill).
-    backfill = c.eval_backfill and c.eval_every > 1
-    pending: list[tuple[int, Any, Any]] = []
 
     def save(round_index: int) -> None:
         nonlocal saved, checkpoint_time
@@ -311,8 +277,8 @@ def _run(c: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpoint
             return
         tc = time.perf_counter()
         ckpt.save(round_index, state, {
-            "fingerprint": fingerprint, "records": writer.records,
-            "rounds_to_target": rounds_to_target,
+            "fingerprint": fingerprint, "records": recorder.records,
+            "rounds_to_target": recorder.rounds_to_target,
             "wall_s": prior_wall + time.perf_counter() - start})
         checkpoint_time += time.perf_counter() - tc
         saved = round_index
@@ -323,8 +289,9 @@ def _run(c: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpoint
         finished = rounds_to_target is not None and c.stop_at_target
         stop_request.install()
         for r in range(start_round + 1, c.rounds + 1) if not finished else ():
-            is_eval = r % c.eval_every == 0 or r == c.rounds
+            is_eval = recorder.is_eval(r)
             is_ckpt = c.checkpoint_every > 0 and r % c.checkpoint_every == 0
+            local_params = None
             if is_eval and c.eval_after_local:
                 state, round_metrics, local_params = sim.step(state, hp, return_local=True)
             else:
@@ -332,43 +299,20 @@ def _run(c: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpoint
             record = None
             if is_eval:
                 jax.block_until_ready(state)
-                te = time.perf_counter()
-                record = {"round": r, **summarize(evaluate(state.params))}
-                if c.eval_after_local:
-                    local = summarize(evaluate(local_params))
-                    record.update({f"local_{k}": v for k, v in local.items()
-                                   if k != "consensus_distance"})
-                record.update({k: float(v) for k, v in jax.device_get(round_metrics).items()})
-                _check_finite(record, r, c.learning_rate, checked)
-                reached = record["acc_min"] >= c.target_accuracy
-                if rounds_to_target is None and reached and pending:
-                    # The target was first met somewhere in (previous evaluation, r]: find where.
-                    for rb, params_b, metrics_b in pending:
-                        back = {"round": rb, **summarize(evaluate(params_b)),
-                                **{k: float(v) for k, v in jax.device_get(metrics_b).items()},
-                                "backfilled": 1.0,
-                                "wall_s": prior_wall + time.perf_counter() - start}
-                        writer.write(back)
-                        if back["acc_min"] >= c.target_accuracy:
-                            rounds_to_target = rb
-                            break
-                pending.clear()
-                eval_time += time.perf_counter() - te
-                record["wall_s"] = prior_wall + time.perf_counter() - start
-                writer.write(record)
-                if rounds_to_target is None and reached:
-                    rounds_to_target = r
-            elif backfill and rounds_to_target is None:
-                pending.append((r, jax.tree.map(jnp.copy, state.params), round_metrics))
-            elif is_ckpt:
-                _check_finite({k: float(v) for k, v in jax.device_get(round_metrics).items()},
-                              r, c.learning_rate, checked)
-            elif progress.due():
-                jax.block_until_ready(round_metrics)   # report the real rate, not dispatch's
+                record = recorder.record(r, state.params, round_metrics,
+                                         local_params=local_params, last_good=checked)
+            else:
+                recorder.keep(r, state.params, round_metrics)   # if eval_backfill wants it
+                if is_ckpt:
+                    _check_finite({k: float(v) for k, v in
+                                   jax.device_get(round_metrics).items()},
+                                  r, c.learning_rate, checked)
+                elif progress.due():
+                    jax.block_until_ready(round_metrics)   # report the real rate
             checked = r if (is_eval or is_ckpt) else checked
             done = r
             progress.update(r, record)
-            stop = c.stop_at_target and rounds_to_target is not None and is_eval
+            stop = c.stop_at_target and recorder.rounds_to_target is not None and is_eval
             if stop_request.signal and checked != r:
                 if not _params_finite(state.params):
                     _check_finite({"params_finite": 0.0}, r, c.learning_rate, checked)
@@ -401,28 +345,14 @@ def _run(c: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpoint
     finally:
         stop_request.restore()
         progress.clear()
-        writer.close()
-        last = writer.records[-1] if writer.records else {}
-        summary = {
-            "status": status,
-            "rounds_to_target": rounds_to_target,
-            "target_accuracy": c.target_accuracy,
-            "final_acc_min": last.get("acc_min"),
-            "final_acc_mean": last.get("acc_mean"),
-            "final_acc_max": last.get("acc_max"),
-            "rounds_run": done,
-            "resumed_from_round": start_round if restored is not None else None,
-            "checkpoint_round": saved,
-            "wall_time_s": time.perf_counter() - t0,
-            "train_wall_s": prior_wall + time.perf_counter() - start,
-            "compile_time_s": compile_time,
-            "eval_time_s": eval_time,
-            "checkpoint_time_s": checkpoint_time,
-            "backend": jax.default_backend(),
-            "device_kind": jax.devices()[0].device_kind,
-            "jax_version": jax.__version__,
-            "host": platform.node(),
-            **info,
-        }
-        _write_json(os.path.join(workdir, "summary.json"), summary)
+        recorder.close()
+        summary = recorder.summary(
+            status, done, info,
+            resumed_from_round=start_round if restored is not None else None,
+            checkpoint_round=saved,
+            wall_time_s=time.perf_counter() - t0,
+            train_wall_s=prior_wall + time.perf_counter() - start,
+            compile_time_s=compile_time,
+            checkpoint_time_s=checkpoint_time)
+        writers.write_json(os.path.join(workdir, "summary.json"), summary)
     return summary

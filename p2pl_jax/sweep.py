@@ -9,12 +9,16 @@ on a leading replica axis and advanced together by one jitted, vmapped round:
   state [S, N, ...]  --vmap_S(round_step)-->  state [S, N, ...]
 
 Arrays that are identical in every replica of a group (the data when only hyperparameters vary)
-are passed once (in_axes=None) instead of S times. Each replica writes its own workdir with the
-same files as a separate run (config.json, metrics.jsonl, summary.json), so results can be
-compared to separate runs record by record.
+are passed once (in_axes=None) instead of S times. Each replica records its rounds through its
+own recorder.Recorder, as a separate run does, and writes the same files in its own workdir
+(config.json, partition.json, metrics.jsonl/.csv, TensorBoard if enabled, summary.json), so
+results can be compared to separate runs record by record. A replica that diverges stops with
+status 'diverged' while the others go on. Sweeps do not checkpoint: an interrupted sweep
+starts over.
 """
 
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -25,9 +29,10 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from p2pl_jax import runner
+from p2pl_jax import runner, writers
 from p2pl_jax.errors import ConfigError
-from p2pl_jax.metrics import make_evaluator, summarize
+from p2pl_jax.metrics import make_evaluator
+from p2pl_jax.recorder import DivergenceError, Recorder
 
 SWEEPABLE = ("seed", "learning_rate", "momentum", "link_failure_prob", "dropout_prob",
              "mixing")
@@ -65,8 +70,6 @@ class _Replica:
     sim: object
     info: dict
     workdir: str
-    records: list = dataclasses.field(default_factory=list)
-    rounds_to_target: int | None = None
     done: bool = False
 
 
@@ -108,8 +111,8 @@ def run_sweep(base: ml_collections.ConfigDict, values: dict[str, list], workdir:
         sim, ds, info = runner.build(c)
         rdir = os.path.join(workdir, name)
         os.makedirs(rdir, exist_ok=True)
-        runner._write_json(os.path.join(rdir, "config.json"), c.to_dict())
-        runner._write_json(os.path.join(rdir, "partition.json"), info.pop("partition"))
+        writers.write_json(os.path.join(rdir, "config.json"), c.to_dict())
+        writers.write_json(os.path.join(rdir, "partition.json"), info.pop("partition"))
         replicas.append(_Replica(name, c, sim, info, rdir))
     groups: dict[tuple, list[_Replica]] = {}
     for rep in replicas:
@@ -129,53 +132,73 @@ def run_sweep(base: ml_collections.ConfigDict, values: dict[str, list], workdir:
 
 
 def _run_group(reps: list[_Replica], evaluate) -> list[dict]:
+    """Advances a group's replicas together; each replica's evaluations, divergence check,
+    rounds_to_target (with eval_backfill) and files go through its own recorder.Recorder,
+    exactly as in a separate run. A replica that diverges stops (status 'diverged'); the others
+    go on."""
     sim0 = reps[0].sim
     arrays, arrays_axes = _stack_arrays([r.sim.arrays for r in reps])
     hp = _stack([runner.hparams(r.config) for r in reps])
     t0 = time.perf_counter()
     state = _stack([r.sim.init(r.config.seed) for r in reps])
-    step = jax.jit(jax.vmap(sim0.round_fn, in_axes=(0, arrays_axes, 0)), donate_argnums=0)
-    step = step.lower(state, arrays, hp).compile()
+    with_local = any(r.config.eval_after_local for r in reps)
+
+    def compiled(return_local: bool):
+        fn = functools.partial(sim0.round_fn, return_local=return_local)
+        vmapped = jax.vmap(fn, in_axes=(0, arrays_axes, 0))
+        return jax.jit(vmapped, donate_argnums=0).lower(state, arrays, hp).compile()
+
+    step = compiled(False)
+    step_local = compiled(True) if with_local else None
     compile_time = time.perf_counter() - t0
-    c = reps[0].config
-    rounds = max(r.config.rounds for r in reps)
     start = time.perf_counter()
-    for rnd in range(1, rounds + 1):
-        state, metrics = step(state, arrays, hp)
-        is_eval = rnd % c.eval_every == 0 or rnd == rounds
-        if not is_eval:
-            continue
-        host_metrics = jax.device_get(metrics)
-        for i, rep in enumerate(reps):
-            if rep.done:
-                continue
-            params = jax.tree.map(lambda leaf, i=i: leaf[i], state.params)
-            record = {"round": rnd, **summarize(evaluate(params))}
-            record.update({k: float(v[i]) for k, v in host_metrics.items()})
-            record["wall_s"] = time.perf_counter() - start
-            rep.records.append(record)
-            if rep.rounds_to_target is None and record["acc_min"] >= rep.config.target_accuracy:
-                rep.rounds_to_target = rnd
-            rep.done = ((rep.config.stop_at_target and rep.rounds_to_target is not None)
-                        or rnd >= rep.config.rounds)
-        if all(r.done for r in reps):
-            break
+    recorders = [Recorder(r.config, r.workdir, evaluate, lambda: time.perf_counter() - start)
+                 for r in reps]
+    status = ["completed"] * len(reps)
+    rounds_run = [0] * len(reps)
+
+    def take(tree, i):
+        return jax.tree.map(lambda leaf: leaf[i], tree)
+
+    rounds = max(r.config.rounds for r in reps)
+    try:
+        for rnd in range(1, rounds + 1):
+            live = [i for i, r in enumerate(reps) if not r.done]
+            evals = [i for i in live if recorders[i].is_eval(rnd)]
+            local = None
+            if step_local is not None and any(reps[i].config.eval_after_local for i in evals):
+                state, metrics, local = step_local(state, arrays, hp)
+            else:
+                state, metrics = step(state, arrays, hp)
+            for i in live:
+                rep, rec = reps[i], recorders[i]
+                rounds_run[i] = rnd
+                if i not in evals:
+                    if rec.keeps_rounds:
+                        rec.keep(rnd, take(state.params, i), take(metrics, i))
+                    continue
+                local_i = (take(local, i) if local is not None and rep.config.eval_after_local
+                           else None)
+                try:
+                    rec.record(rnd, take(state.params, i), take(metrics, i),
+                               local_params=local_i)
+                except DivergenceError as e:
+                    logging.warning("sweep replica %s: %s", rep.name, e)
+                    status[i], rep.done = "diverged", True
+                    continue
+                rep.done = ((rep.config.stop_at_target and rec.rounds_to_target is not None)
+                            or rnd >= rep.config.rounds)
+            if all(r.done for r in reps):
+                break
+    finally:
+        for rec in recorders:
+            rec.close()
     wall = time.perf_counter() - t0
     out = []
-    for rep in reps:
-        with open(os.path.join(rep.workdir, "metrics.jsonl"), "w") as f:
-            for record in rep.records:
-                f.write(json.dumps(record) + "\n")
-        last = rep.records[-1] if rep.records else {}
-        summary = {"rounds_to_target": rep.rounds_to_target,
-                   "target_accuracy": rep.config.target_accuracy,
-                   "final_acc_min": last.get("acc_min"), "final_acc_mean": last.get("acc_mean"),
-                   "final_acc_max": last.get("acc_max"),
-                   "rounds_run": last.get("round", 0), "wall_time_s": wall,
-                   "compile_time_s": compile_time, "replicas_in_program": len(reps),
-                   "backend": jax.default_backend(), "jax_version": jax.__version__,
-                   **rep.info}
-        runner._write_json(os.path.join(rep.workdir, "summary.json"), summary)
+    for i, rep in enumerate(reps):
+        summary = recorders[i].summary(status[i], rounds_run[i], rep.info, wall_time_s=wall,
+                                       compile_time_s=compile_time,
+                                       replicas_in_program=len(reps))
+        writers.write_json(os.path.join(rep.workdir, "summary.json"), summary)
         out.append(summary)
     return out
-

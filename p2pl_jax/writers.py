@@ -35,6 +35,11 @@ def _atomic_write(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_json(path: str, obj) -> None:
+    """Writes `obj` as indented JSON to `path` atomically (a reader never sees half a file)."""
+    _atomic_write(path, json.dumps(obj, indent=2))
+
+
 def _csv_text(records: Sequence[dict], header: list[str], with_header: bool = True) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=header, restval="", lineterminator="\n")

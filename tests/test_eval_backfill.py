@@ -11,7 +11,7 @@ import json
 import pytest
 
 from configs import smoke
-from p2pl_jax import runner
+from p2pl_jax import runner, sweep
 from p2pl_jax.writers import read_jsonl
 
 ROUNDS, EVERY = 10, 4
@@ -44,7 +44,16 @@ def _expected(reference: dict, target: float, every: int) -> int | None:
     return None
 
 
-def test_backfill_finds_the_first_round_in_the_window(tmp_path, reference):
+def _run(c, workdir, via: str) -> dict:
+    """A run through runner.run, or as the single replica of a sweep (its own code path)."""
+    if via == "runner":
+        return runner.run(c, str(workdir))
+    (summary,) = sweep.run_sweep(c, {"seed": [c.seed]}, str(workdir))
+    return summary
+
+
+@pytest.mark.parametrize("via", ["runner", "sweep"])
+def test_backfill_finds_the_first_round_in_the_window(tmp_path, reference, via):
     # Targets: the min accuracy of a round between evaluations that is the first to reach it
     # and whose window's end reaches it too.
     targets = []
@@ -56,7 +65,9 @@ def test_backfill_finds_the_first_round_in_the_window(tmp_path, reference):
     acc, expected = targets[-1]
     assert expected % EVERY != 0
     workdir = tmp_path / "backfill"
-    summary = runner.run(_config(eval_every=EVERY, target_accuracy=acc), str(workdir))
+    summary = _run(_config(eval_every=EVERY, target_accuracy=acc), workdir, via)
+    if via == "sweep":
+        workdir = workdir / f"seed={_config().seed}"
     assert summary["rounds_to_target"] == expected
     records = read_jsonl(str(workdir / "metrics.jsonl"))
     rounds = [r["round"] for r in records]
@@ -68,6 +79,8 @@ def test_backfill_finds_the_first_round_in_the_window(tmp_path, reference):
     # It stopped at the evaluation that met the target (stop_at_target).
     assert summary["rounds_run"] == min(EVERY * -(-expected // EVERY), ROUNDS)
 
+    if via == "sweep":
+        return
     off = tmp_path / "no_backfill"
     summary = runner.run(_config(eval_every=EVERY, target_accuracy=acc, eval_backfill=False),
                          str(off))

@@ -57,3 +57,16 @@ def test_sweep_rejects_bad_fields():
         sweep.parse_values("learning_rate", "0.1,abc", base.learning_rate)
     assert sweep.parse_values("mixing", "data_size, metropolis", base.mixing) == [
         "data_size", "metropolis"]
+
+
+def test_diverging_replica_stops_alone(tmp_path):
+    base = smoke.get_config()
+    base.rounds, base.tensorboard = 3, False
+    summaries = sweep.run_sweep(base, {"learning_rate": [0.05, 1e30]}, str(tmp_path))
+    by_lr = {json.loads(open(os.path.join(tmp_path, d, "config.json")).read())["learning_rate"]:
+             json.loads(open(os.path.join(tmp_path, d, "summary.json")).read())
+             for d in os.listdir(tmp_path) if os.path.isdir(os.path.join(tmp_path, d))}
+    assert len(summaries) == 2
+    assert by_lr[0.05]["status"] == "completed" and by_lr[0.05]["rounds_run"] == 3
+    assert by_lr[1e30]["status"] == "diverged" and by_lr[1e30]["rounds_run"] == 1
+    assert len(_records(os.path.join(tmp_path, "learning_rate=0.05"))) == 3

@@ -1,0 +1,147 @@
+"""Per-run bookkeeping shared by `runner.run` and sweeps: what happens at an evaluated round.
+
+A `Recorder` turns a round's parameters and round metrics into a metrics record (test accuracy of
+every device summarised, optionally also before consensus), checks it for divergence, finds
+rounds_to_target (exactly, with `eval_backfill`, when only every `eval_every`-th round is
+evaluated), writes it (metrics.jsonl, metrics.csv, TensorBoard) and assembles summary.json's
+common fields. A run and every replica of a sweep each own one, so both write the same files with
+the same fields.
+"""
+
+import math
+import platform
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from p2pl_jax import writers
+from p2pl_jax.metrics import Evaluator, summarize
+
+
+class DivergenceError(RuntimeError):
+    """Training produced a non-finite loss or parameters."""
+
+
+def check_finite(record: dict, round_index: int, lr: float, last_good: int = -1) -> None:
+    """Raises DivergenceError if a loss in `record` or the round's parameters are not finite.
+
+    `last_good`: the last round known to be finite (names the interval the divergence lies in).
+    """
+    bad = [k for k in ("train_loss", "test_loss") if k in record
+           and not math.isfinite(record[k])]
+    if record.get("params_finite", 1.0) != 1.0:
+        bad.append("a parameter")
+    if bad:
+        when = (f"at round {round_index}" if last_good in (-1, round_index - 1)
+                else f"between round {last_good + 1} and round {round_index} (checked at "
+                     f"evaluated and checkpointed rounds)")
+        raise DivergenceError(
+            f"training diverged {when}: {', '.join(bad)} is not finite. "
+            f"The likely cause is a learning rate too large for this setting "
+            f"(learning_rate={lr}); try a smaller one. Metrics up to the previous evaluated "
+            f"round are kept in metrics.jsonl, and the last good checkpoint is kept.")
+
+
+def _floats(round_metrics) -> dict:
+    return {k: float(v) for k, v in jax.device_get(round_metrics).items()}
+
+
+class Recorder:
+    """Evaluation records, divergence checks and rounds_to_target of one run.
+
+    evaluate: the jitted evaluator of the run's model and test set.
+    clock: returns the run's wall time so far in seconds (written as each record's wall_s).
+    records, rounds_to_target: what a resumed run had already recorded.
+    """
+
+    def __init__(self, c: ml_collections.ConfigDict, workdir: str, evaluate: Evaluator,
+                 clock: Callable[[], float], *, records: list | None = None,
+                 rounds_to_target: int | None = None):
+        self.config = c
+        self.evaluate = evaluate
+        self.clock = clock
+        self.rounds_to_target = rounds_to_target
+        self.writer = writers.MetricsWriter(workdir, list(records or []),
+                                            tensorboard=c.tensorboard)
+        self.eval_time = 0.0
+        self._backfill = c.eval_backfill and c.eval_every > 1
+        self._pending: list[tuple[int, Any, Any]] = []
+
+    @property
+    def records(self) -> list[dict]:
+        return self.writer.records
+
+    def is_eval(self, round_index: int) -> bool:
+        return round_index % self.config.eval_every == 0 or round_index == self.config.rounds
+
+    @property
+    def keeps_rounds(self) -> bool:
+        """Whether `keep` wants the parameters of rounds that are not evaluated."""
+        return self._backfill and self.rounds_to_target is None
+
+    def keep(self, round_index: int, params, round_metrics) -> None:
+        """Holds a copy of an unevaluated round's parameters until the next evaluation, which
+        evaluates them if it is the first to meet the target (eval_backfill)."""
+        if self.keeps_rounds:
+            self._pending.append((round_index, jax.tree.map(jnp.copy, params), round_metrics))
+
+    def record(self, round_index: int, params, round_metrics, *, local_params=None,
+               last_good: int = -1) -> dict:
+        """Evaluates and writes round `round_index`; raises DivergenceError if it diverged.
+
+        If this is the first evaluation to meet the target, the rounds kept since the previous
+        evaluation are evaluated first, in order, up to the first that meets it; that round is
+        rounds_to_target and each such record carries backfilled = 1.
+        """
+        c = self.config
+        t0 = self.clock()
+        record = {"round": round_index, **summarize(self.evaluate(params))}
+        if local_params is not None:
+            local = summarize(self.evaluate(local_params))
+            record.update({f"local_{k}": v for k, v in local.items()
+                           if k != "consensus_distance"})
+        record.update(_floats(round_metrics))
+        check_finite(record, round_index, c.learning_rate, last_good)
+        reached = record["acc_min"] >= c.target_accuracy
+        if self.rounds_to_target is None and reached:
+            for r, kept, kept_metrics in self._pending:
+                back = {"round": r, **summarize(self.evaluate(kept)), **_floats(kept_metrics),
+                        "backfilled": 1.0, "wall_s": self.clock()}
+                self.writer.write(back)
+                if back["acc_min"] >= c.target_accuracy:
+                    self.rounds_to_target = r
+                    break
+            if self.rounds_to_target is None:
+                self.rounds_to_target = round_index
+        self._pending.clear()
+        record["wall_s"] = self.clock()
+        self.eval_time += record["wall_s"] - t0
+        self.writer.write(record)
+        return record
+
+    def summary(self, status: str, rounds_run: int, info: dict, **extra) -> dict:
+        """summary.json's fields common to runs and sweep replicas, then `extra`, then `info`
+        (graph and data facts from runner.build)."""
+        last = self.records[-1] if self.records else {}
+        return {
+            "status": status,
+            "rounds_to_target": self.rounds_to_target,
+            "target_accuracy": self.config.target_accuracy,
+            "final_acc_min": last.get("acc_min"),
+            "final_acc_mean": last.get("acc_mean"),
+            "final_acc_max": last.get("acc_max"),
+            "rounds_run": rounds_run,
+            "eval_time_s": self.eval_time,
+            **extra,
+            "backend": jax.default_backend(),
+            "device_kind": jax.devices()[0].device_kind,
+            "jax_version": jax.__version__,
+            "host": platform.node(),
+            **info,
+        }
+
+    def close(self) -> None:
+        self.writer.close()
