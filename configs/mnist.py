@@ -47,7 +47,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.link_failure_mode = "symmetric"  # symmetric | asymmetric
     c.link_burst_prob = 0.0          # probability that a round is a burst ...
     c.link_burst_failure_prob = 0.9  # ... in which each link is down with this probability
-    c.dropout_prob = 0.0             # each device offline (no training, no messages) per round
+    c.dropout_prob = 0.0             # each device offline (no training, no messages) per round;
+    #                                  p2pl, fedavg (averages the online devices) and local.
+    #                                  Link failures, bursts, delays and time_varying: p2pl only
     c.delay_rounds = 0               # messages arrive this many rounds late (max, if random)
     c.delay_mode = "fixed"           # fixed | random (uniform on 0..delay_rounds per link)
     c.time_varying = False           # draw a fresh graph each round (random_geometric with

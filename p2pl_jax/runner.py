@@ -70,6 +70,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check_choice("delay_mode", c.delay_mode, network.DELAY_MODES)
     if c.time_varying:
         check_choice("topology (with time_varying=True)", c.topology, network.TIME_VARYING)
+    _check_faults_apply(c)
     check_range("eval_every", c.eval_every, 1, integer=True)
     check_range("target_accuracy", c.target_accuracy, 0.0, 1.0)
     check_range("eval_device_chunk", c.eval_device_chunk, 1, integer=True)
@@ -86,6 +87,27 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if not all(isinstance(h, int) and h >= 1 for h in c.hidden_sizes):
         raise ConfigError(f"hidden_sizes={tuple(c.hidden_sizes)!r} must be positive integers, "
                           "e.g. (200, 200)")
+
+
+def _check_faults_apply(c: ml_collections.ConfigDict) -> None:
+    """Link faults act on P2PL's graph; device dropouts on p2pl, fedavg and local. A fault
+    asked of an algorithm it does not act on is an error, not silently ignored."""
+    algorithm = "fedavg" if c.algorithm == "p2pl" and c.mixing == "fedavg" else c.algorithm
+    graph_faults = {"link_failure_prob": c.link_failure_prob > 0,
+                    "link_burst_prob": c.link_burst_prob > 0,
+                    "delay_rounds": c.delay_rounds > 0, "time_varying": bool(c.time_varying)}
+    if algorithm != "p2pl":
+        for field, on in graph_faults.items():
+            if on:
+                what = ("mixing=fedavg" if algorithm == "fedavg" and c.algorithm == "p2pl"
+                        else f"algorithm={c.algorithm}")
+                raise ConfigError(
+                    f"{field}={c[field]!r} acts on P2PL's peer-to-peer graph only, not with "
+                    f"{what}; allowed: algorithm=p2pl with a mixing other than fedavg, or "
+                    f"{field} off. Device unavailability for fedavg/local: dropout_prob")
+    if algorithm == "centralized" and c.dropout_prob > 0:
+        raise ConfigError(f"dropout_prob={c.dropout_prob} does not apply to "
+                          "algorithm=centralized (one device); allowed: p2pl, fedavg, local")
 
 
 def resolve_device_block(device_block: int) -> int:

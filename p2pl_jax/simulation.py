@@ -8,8 +8,11 @@ Every device's parameters and optimizer (momentum) state are stacked on a leadin
 Link failures are sampled inside the round from the round key; the weights W(k) are recomputed
 on the surviving graph. Algorithms share this machinery:
   p2pl        consensus with the chosen weights over the (failing) graph;
-  fedavg      consensus is the server's data-size weighted global average (W = 1 pi^T);
+  fedavg      consensus is the server's data-size weighted global average (W = 1 pi^T), over the
+              devices online this round when devices drop out (partial participation);
   local       no consensus; centralized is `local` with one device holding all the data.
+Device dropouts apply to p2pl, fedavg and local; link failures, delays and time-varying graphs
+to p2pl only.
 
 The round is a pure function `round_step(state, arrays, hp, spec)`; `Simulator` binds the
 arrays and jits it with the state donated.
@@ -147,6 +150,14 @@ def _round_graph(spec: Spec, arrays: Arrays, hp: HParams, key: jax.Array,
     return valid
 
 
+def participation_weights(pi: jax.Array, alive: jax.Array) -> jax.Array:
+    """FedAvg's average over the online devices: pi restricted to `alive`, renormalised
+    (pi itself if no device is online: nobody trained, so every model is unchanged)."""
+    up = jnp.where(alive, pi, 0.0)
+    total = up.sum()
+    return jnp.where(total > 0, up / jnp.where(total > 0, total, 1.0), pi)
+
+
 def round_step(state: SimState, arrays: Arrays, hp: HParams, *, spec: Spec,
                local_update: Callable, return_local: bool = False):
     """One round for all devices. Returns (new state, metrics dict of scalars [, local params]).
@@ -178,7 +189,17 @@ def round_step(state: SimState, arrays: Arrays, hp: HParams, *, spec: Spec,
     local_params = params
     history = state.history
     links_up = jnp.ones((), jnp.float32)
-    if spec.algorithm in ("p2pl", "fedavg"):
+    if spec.algorithm == "fedavg":
+        # The server averages the models of the devices that were online, weighted by data
+        # size, and every device holds the result (an offline one receives it when it is
+        # next online, before it trains again).
+        pi = arrays.pi if alive is None else participation_weights(arrays.pi, alive)
+        params = consensus.mix_global(pi, params)
+        if spec.momentum_after_consensus == "mix":
+            opt_state = consensus.mix_global(pi, opt_state)
+        elif spec.momentum_after_consensus == "reset":
+            opt_state = jax.tree.map(jnp.zeros_like, opt_state)
+    elif spec.algorithm == "p2pl":
         w = arrays.weights
         if spec.dynamic:
             valid_k = _round_graph(spec, arrays, hp, key, alive)
@@ -246,9 +267,11 @@ class Simulator:
         if algorithm == "p2pl" and mixing_scheme == "fedavg":
             algorithm = "fedavg"   # W = 1 pi^T: the server average
         self.algorithm = algorithm
-        if algorithm != "p2pl":   # the network faults act on P2PL's graph only
-            link_failures = link_bursts = dropouts = False
+        if algorithm != "p2pl":   # link faults act on P2PL's graph only (runner.validate
+            link_failures = link_bursts = False   # rejects them for other algorithms)
             time_varying, max_delay = "", 0
+        if algorithm == "centralized":
+            dropouts = False
         self.adj = np.asarray(adj, bool)
         # The diameter (networkx, all-pairs BFS) costs minutes at N = 10^4: above
         # DIAMETER_MAX_N it is not computed (None) and max norm sync runs to its fixed point.

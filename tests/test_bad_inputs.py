@@ -62,6 +62,16 @@ CONFIG_CASES = {
     "negative checkpoint_every": ({"checkpoint_every": -1}, ["checkpoint_every=-1", "[0, inf)"]),
     "progress as text": ({"progress": "yes"}, ["progress='yes'", "True or False"]),
     "tensorboard as number": ({"tensorboard": 1}, ["tensorboard=1", "True or False"]),
+    "link failures with fedavg": ({"algorithm": "fedavg", "link_failure_prob": 0.3},
+                                  ["link_failure_prob=0.3", "algorithm=fedavg",
+                                   "algorithm=p2pl", "dropout_prob"]),
+    "delays with mixing fedavg": ({"mixing": "fedavg", "delay_rounds": 2},
+                                  ["delay_rounds=2", "mixing=fedavg"]),
+    "time-varying local": ({"algorithm": "local", "time_varying": True,
+                            "topology": "random_geometric"},
+                           ["time_varying=True", "algorithm=local"]),
+    "dropouts centralized": ({"algorithm": "centralized", "dropout_prob": 0.2},
+                             ["dropout_prob=0.2", "algorithm=centralized", "fedavg"]),
 }
 
 

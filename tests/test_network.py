@@ -135,6 +135,49 @@ def test_dropped_device_keeps_its_parameters():
                     assert not np.array_equal(a[i], b[i])
 
 
+def test_fedavg_with_dropouts_averages_the_online_devices():
+    """Partial participation: the new global model is the data-size weighted average of the
+    online devices' trained models; offline devices neither train nor count, and every device
+    holds the result."""
+    sim = _tiny_sim(dropouts=True, algorithm="fedavg")
+    sizes = np.asarray(sim.arrays.sizes, np.float64)
+    hp = simulation.make_hparams(0.1, 0.9, dropout_prob=0.5)
+    state = sim.init(0)
+    seen_partial = False
+    for _ in range(4):
+        before = jax.tree.map(np.asarray, state.params)
+        key = rng.dropout_key(rng.round_key(state.rng, state.round))
+        alive = np.asarray(network.devices_alive(key, 4, 0.5))
+        state, m, local = sim.step(state, hp, return_local=True)
+        assert float(m["devices_up"]) == pytest.approx(alive.mean())
+        seen_partial |= 0 < alive.sum() < 4
+        for b, loc, new in zip(jax.tree.leaves(before), jax.tree.leaves(local),
+                               jax.tree.leaves(state.params)):
+            loc, new = np.asarray(loc, np.float64), np.asarray(new)
+            for i in range(4):
+                if not alive[i]:
+                    np.testing.assert_array_equal(loc[i], b[i])   # offline: did not train
+            pi = sizes * alive if alive.any() else sizes
+            expected = np.tensordot(pi / pi.sum(), loc, axes=1)
+            for i in range(4):
+                np.testing.assert_allclose(new[i], expected, rtol=1e-5, atol=1e-6)
+    assert seen_partial
+
+
+def test_local_with_dropouts_offline_devices_do_not_train():
+    sim = _tiny_sim(dropouts=True, algorithm="local")
+    hp = simulation.make_hparams(0.1, 0.9, dropout_prob=0.5)
+    state = sim.init(0)
+    for _ in range(3):
+        before = jax.tree.map(np.asarray, state.params)
+        key = rng.dropout_key(rng.round_key(state.rng, state.round))
+        alive = np.asarray(network.devices_alive(key, 4, 0.5))
+        state, _ = sim.step(state, hp)
+        for b, a in zip(jax.tree.leaves(before), jax.tree.leaves(state.params)):
+            for i in range(4):
+                assert np.array_equal(np.asarray(a)[i], b[i]) == (not alive[i])
+
+
 def test_delayed_round_uses_history_buffer():
     sim = _tiny_sim(max_delay=2, delay_mode="fixed", backend="gather")
     hp = simulation.make_hparams(0.1, 0.0)
