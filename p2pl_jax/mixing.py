@@ -123,3 +123,17 @@ def spectral_info(W: np.ndarray) -> dict:
     lam = np.delete(lam, np.argmin(np.abs(lam - 1.0)))
     slem = float(np.max(np.abs(lam)))
     return {"slem": slem, "spectral_gap": 1.0 - slem}
+
+
+def stationary_distribution(W: np.ndarray) -> np.ndarray:
+    """The left Perron vector π of a row-stochastic W (πᵀ W = πᵀ, π ≥ 0, Σ π = 1).
+
+    Repeated mixing alone (no local training) drives every θ_n to Σ_m π_m θ_m(0) on a connected
+    graph, so π is how much each device's model counts in the consensus: uniform for doubly
+    stochastic W; for data_size weights on an undirected graph π_n ∝ |D_n| Σ_{l ∈ Ω̄_n} |D_l|
+    (W is reversible). Computed as the null vector of (W − I)ᵀ by SVD (float64).
+    """
+    W = np.asarray(W, dtype=np.float64)
+    _, _, vt = np.linalg.svd(W.T - np.eye(W.shape[0]))
+    pi = np.abs(vt[-1])
+    return pi / pi.sum()

@@ -6,6 +6,7 @@ import networkx as nx
 import numpy as np
 import pytest
 
+from p2pl_jax import graphs, mixing
 from p2pl_jax.errors import ConfigError
 from p2pl_jax.graphs import adjacency, make_graph, neighbour_lists
 from p2pl_jax.mixing import (
@@ -232,3 +233,40 @@ def test_spectral_info():
     two = adjacency(nx.disjoint_union(nx.path_graph(3), nx.path_graph(3)))
     assert spectral_info(mixing_matrix(two, np.ones(6), "metropolis"))["slem"] == pytest.approx(1)
     assert spectral_info(np.ones((1, 1)))["slem"] == 0.0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_stationary_distribution(seed):
+    """πᵀW = πᵀ; uniform for doubly stochastic schemes; π_n ∝ |D_n| Σ_{Ω̄_n} |D_l| for
+    data_size (reversible); and mixing alone drives every row of W^k to π."""
+    g = graphs.make_graph("watts_strogatz", 15, seed=seed, k=4, p=0.3)
+    adj = graphs.adjacency(g)
+    sizes = np.random.default_rng(seed).integers(1, 50, size=15)
+    for scheme in ("data_size", "uniform", "metropolis", "max_degree"):
+        W = mixing.mixing_matrix(adj, sizes, scheme)
+        pi = mixing.stationary_distribution(W)
+        np.testing.assert_allclose(pi @ W, pi, atol=1e-12)
+        assert pi.min() > 0 and pi.sum() == pytest.approx(1.0)
+        np.testing.assert_allclose(np.linalg.matrix_power(W, 2000), np.tile(pi, (15, 1)),
+                                   atol=1e-8)
+        if scheme in mixing.DOUBLY_STOCHASTIC:
+            np.testing.assert_allclose(pi, 1 / 15, atol=1e-12)
+    closed = sizes * ((adj | np.eye(15, dtype=bool)) @ sizes)
+    W = mixing.mixing_matrix(adj, sizes, "data_size")
+    np.testing.assert_allclose(mixing.stationary_distribution(W), closed / closed.sum(),
+                               atol=1e-12)
+
+
+def test_mixing_analysis_table():
+    from experiments import mixing_analysis
+    lines = mixing_analysis.table(20, 2, 0.5, 2000, ["equal", "lognormal:1", "top:0.5"],
+                                  ["data_size", "metropolis"])
+    rows = [line.split(" | ") for line in lines if line.startswith("| top:0.5")]
+    assert len(rows) == 2
+    share = float(rows[0][1])
+    assert share == pytest.approx(0.5, abs=0.01)
+    ratio = {r[2]: float(r[5].rstrip(" |")) for r in rows}
+    assert ratio["metropolis"] == pytest.approx(1 / 20 / share, rel=0.05)   # π = 1/N
+    assert ratio["data_size"] > 1.0   # data_size gives the big device at least its share
+    sizes = mixing_analysis.device_sizes("lognormal:1", 20, 2000, 0)
+    assert sizes.sum() == 2000 and len(sizes) == 20
