@@ -6,7 +6,7 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from p2pl_jax import graphs, mixing
+from p2pl_jax import analysis, graphs, mixing
 from p2pl_jax.errors import ConfigError
 from p2pl_jax.graphs import adjacency, make_graph, neighbour_lists
 from p2pl_jax.mixing import (
@@ -258,8 +258,7 @@ def test_stationary_distribution(seed):
 
 
 def test_mixing_analysis_table():
-    from experiments import mixing_analysis
-    lines = mixing_analysis.table(20, 2, 0.5, 2000, ["equal", "lognormal:1", "top:0.5"],
+    lines = analysis.table(20, 2, 0.5, 2000, ["equal", "lognormal:1", "top:0.5"],
                                   ["data_size", "metropolis"])
     rows = [line.split(" | ") for line in lines if line.startswith("| top:0.5")]
     assert len(rows) == 2
@@ -268,5 +267,5 @@ def test_mixing_analysis_table():
     ratio = {r[2]: float(r[5].rstrip(" |")) for r in rows}
     assert ratio["metropolis"] == pytest.approx(1 / 20 / share, rel=0.05)   # π = 1/N
     assert ratio["data_size"] > 1.0   # data_size gives the big device at least its share
-    sizes = mixing_analysis.device_sizes("lognormal:1", 20, 2000, 0)
+    sizes = analysis.device_sizes("lognormal:1", 20, 2000, 0)
     assert sizes.sum() == 2000 and len(sizes) == 20
