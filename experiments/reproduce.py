@@ -127,9 +127,8 @@ def run_or_reuse(c, workdir: str, *, report_only: bool = False, name: str = "") 
         record["status"] = "missing"
         return record
     if action == "fresh" and os.path.isdir(workdir):
-        why = ("a run of another config" if os.path.exists(os.path.join(workdir, "config.json"))
-               else "a run stopped before it wrote its config")
-        print(f"[run] {workdir} holds {why}: starting over", flush=True)
+        print(f"[run] {workdir} holds nothing to reuse or resume (a run of another config, or "
+              f"one stopped before its first checkpoint): starting over", flush=True)
         shutil.rmtree(workdir)
     print(f"[run] {name} ({action}) -> {workdir}", flush=True)
     t0 = time.perf_counter()
