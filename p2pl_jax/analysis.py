@@ -48,12 +48,12 @@ def table(num_devices: int, seeds: int, radius: float, samples: int, skews, sche
              f"0..{seeds - 1} (mean over seeds); {samples} samples in total.", "",
              "| sizes | largest device share | scheme | spectral gap | TV(π, p) | π/p largest |",
              "| --- | --- | --- | --- | --- | --- |"]
+    adjs = [graphs.adjacency(graphs.make_graph("random_geometric", num_devices, seed=seed,
+                                               radius=radius)) for seed in range(seeds)]
     for skew in skews:
         rows = {s: [] for s in schemes}
         shares = []
-        for seed in range(seeds):
-            g = graphs.make_graph("random_geometric", num_devices, seed=seed, radius=radius)
-            adj = graphs.adjacency(g)
+        for seed, adj in enumerate(adjs):
             sizes = device_sizes(skew, num_devices, samples, seed)
             shares.append(sizes.max() / sizes.sum())
             for s in schemes:

@@ -170,6 +170,8 @@ def _run_group(reps: list[_Replica], evaluate) -> list[dict]:
                 state, metrics, local = step_local(state, arrays, hp)
             else:
                 state, metrics = step(state, arrays, hp)
+            if evals:   # one transfer of every replica's round metrics, not one per replica
+                metrics = jax.device_get(metrics)
             for i in live:
                 rep, rec = reps[i], recorders[i]
                 rounds_run[i] = rnd
