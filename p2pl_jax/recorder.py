@@ -8,6 +8,7 @@ common fields. A run and every replica of a sweep each own one, so both write th
 the same fields.
 """
 
+import itertools
 import math
 import platform
 from collections.abc import Callable
@@ -55,11 +56,13 @@ class Recorder:
     evaluate: the jitted evaluator of the run's model and test set.
     clock: returns the run's wall time so far in seconds (written as each record's wall_s).
     records, rounds_to_target: what a resumed run had already recorded.
+    pending: a resumed run's `pending_records` (rounds of the open evaluation window, already
+      evaluated when the checkpoint was written, that eval_backfill may still need).
     """
 
     def __init__(self, c: ml_collections.ConfigDict, workdir: str, evaluate: Evaluator,
                  clock: Callable[[], float], *, records: list | None = None,
-                 rounds_to_target: int | None = None):
+                 rounds_to_target: int | None = None, pending: list | None = None):
         self.config = c
         self.evaluate = evaluate
         self.clock = clock
@@ -68,7 +71,8 @@ class Recorder:
                                             tensorboard=c.tensorboard)
         self.eval_time = 0.0
         self._backfill = c.eval_backfill and c.eval_every > 1
-        self._pending: list[tuple[int, Any, Any]] = []
+        self._pending: list[tuple[int, Any, Any]] = []   # (round, params, round metrics)
+        self._settled: list[dict] = [dict(r) for r in pending or []]   # evaluated, unwritten
 
     @property
     def records(self) -> list[dict]:
@@ -87,6 +91,24 @@ class Recorder:
         evaluates them if it is the first to meet the target (eval_backfill)."""
         if self.keeps_rounds:
             self._pending.append((round_index, jax.tree.map(jnp.copy, params), round_metrics))
+
+    def settle(self) -> None:
+        """Evaluates the kept rounds of the open window now (before a checkpoint), so that the
+        checkpoint carries their records instead of their parameters: a run resumed in the
+        middle of a window backfills exactly as an uninterrupted one (evaluation is a pure
+        function of the parameters, so evaluating earlier changes no number)."""
+        t0 = self.clock()
+        for r, kept, kept_metrics in self._pending:
+            self._settled.append({"round": r, **summarize(self.evaluate(kept)),
+                                  **_floats(kept_metrics), "backfilled": 1.0})
+        self._pending.clear()
+        self.eval_time += self.clock() - t0
+
+    @property
+    def pending_records(self) -> list[dict]:
+        """The settled records of the open window (for the checkpoint; call `settle` first)."""
+        assert not self._pending, "settle() before reading pending_records"
+        return [dict(r) for r in self._settled]
 
     def record(self, round_index: int, params, round_metrics, *, local_params=None,
                last_good: int = -1) -> dict:
@@ -107,16 +129,19 @@ class Recorder:
         check_finite(record, round_index, c.learning_rate, last_good)
         reached = record["acc_min"] >= c.target_accuracy
         if self.rounds_to_target is None and reached:
-            for r, kept, kept_metrics in self._pending:
-                back = {"round": r, **summarize(self.evaluate(kept)), **_floats(kept_metrics),
-                        "backfilled": 1.0, "wall_s": self.clock()}
+            settled = iter(self._settled)
+            kept = ({"round": r, **summarize(self.evaluate(p)), **_floats(m), "backfilled": 1.0}
+                    for r, p, m in self._pending)
+            for back in itertools.chain(settled, kept):   # in round order, lazily
+                back = {**back, "wall_s": self.clock()}
                 self.writer.write(back)
                 if back["acc_min"] >= c.target_accuracy:
-                    self.rounds_to_target = r
+                    self.rounds_to_target = back["round"]
                     break
             if self.rounds_to_target is None:
                 self.rounds_to_target = round_index
         self._pending.clear()
+        self._settled.clear()
         record["wall_s"] = self.clock()
         self.eval_time += record["wall_s"] - t0
         self.writer.write(record)

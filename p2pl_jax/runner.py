@@ -273,12 +273,13 @@ def _run(c: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpoint
     compile_time = sim.compile(state, hp, return_local=c.eval_after_local)
     compile_time += evaluate.compile(state.params)
 
-    start_round, records, rounds_to_target, prior_wall = 0, [], None, 0.0
+    start_round, records, rounds_to_target, prior_wall, pending = 0, [], None, 0.0, []
     if restored is not None:
         state = checkpoint.into_state(state, restored.arrays, restored.meta["leaves"],
                                       ckpt.directory)
         start_round, records = restored.round, restored.meta["records"]
         rounds_to_target = restored.meta["rounds_to_target"]
+        pending = restored.meta.get("backfill_pending", [])
         prior_wall = restored.meta["wall_s"]
         logging.info("resuming from the checkpoint of round %d in %s", start_round,
                      ckpt.directory)
@@ -287,7 +288,7 @@ def _run(c: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpoint
     progress = progress_lib.Progress(c.rounds, start_round, enabled=c.progress)
     start = time.perf_counter()
     recorder = Recorder(c, workdir, evaluate, lambda: prior_wall + time.perf_counter() - start,
-                        records=records, rounds_to_target=rounds_to_target)
+                        records=records, rounds_to_target=rounds_to_target, pending=pending)
     checkpoint_time = 0.0
     saved = start_round if restored is not None else None
     done = checked = start_round   # last round fully processed / known to be finite
@@ -298,9 +299,11 @@ def _run(c: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpoint
         if saved == round_index:
             return
         tc = time.perf_counter()
+        recorder.settle()   # the open window's kept rounds go into the checkpoint as records
         ckpt.save(round_index, state, {
             "fingerprint": fingerprint, "records": recorder.records,
             "rounds_to_target": recorder.rounds_to_target,
+            "backfill_pending": recorder.pending_records,
             "wall_s": prior_wall + time.perf_counter() - start})
         checkpoint_time += time.perf_counter() - tc
         saved = round_index

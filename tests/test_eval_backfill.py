@@ -88,3 +88,47 @@ def test_backfill_finds_the_first_round_in_the_window(tmp_path, reference, via):
     assert all(r["round"] % EVERY == 0 or r["round"] == ROUNDS
                for r in read_jsonl(str(off / "metrics.jsonl")))
     assert json.loads((off / "config.json").read_text())["eval_backfill"] is False
+
+
+def test_resume_in_the_middle_of_a_window_backfills_like_an_uninterrupted_run(
+        tmp_path, reference, monkeypatch):
+    """A run stopped (SIGTERM, checkpointed) after round s inside an evaluation window and then
+    resumed reports the same rounds_to_target and the same metrics as an uninterrupted run, when
+    the first crossing r <= s lies in the part of the window before the stop."""
+    import os
+    import signal
+
+    from p2pl_jax import recorder as recorder_lib
+
+    cases = []
+    for s in range(1, ROUNDS):
+        if s % EVERY == 0:
+            continue
+        for r in range(EVERY * (s // EVERY) + 1, s + 1):
+            if _expected(reference, reference[r]["acc_min"], EVERY) == r:
+                cases.append((s, r))
+    assert cases, "no first crossing before a mid-window stop; change the seed"
+    stop, expected = cases[-1]
+    acc = reference[expected]["acc_min"]
+    c = _config(eval_every=EVERY, target_accuracy=acc, stop_at_target=False)
+    whole = runner.run(c, str(tmp_path / "whole"))
+    assert whole["rounds_to_target"] == expected
+
+    keep = recorder_lib.Recorder.keep
+
+    def keep_then_stop(self, round_index, params, round_metrics):
+        keep(self, round_index, params, round_metrics)
+        if round_index == stop:
+            os.kill(os.getpid(), signal.SIGTERM)   # the run stops after this round
+
+    workdir = str(tmp_path / "stopped")
+    with monkeypatch.context() as m:
+        m.setattr(recorder_lib.Recorder, "keep", keep_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            runner.run(c, workdir)
+    summary = runner.run(c, workdir)
+    assert summary["resumed_from_round"] == stop
+    assert summary["rounds_to_target"] == expected
+    strip = lambda recs: [{k: v for k, v in r.items() if k != "wall_s"} for r in recs]
+    assert strip(read_jsonl(workdir + "/metrics.jsonl")) == strip(
+        read_jsonl(str(tmp_path / "whole" / "metrics.jsonl")))
