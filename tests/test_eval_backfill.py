@@ -59,11 +59,13 @@ def test_backfill_finds_the_first_round_in_the_window(tmp_path, reference, via):
     targets = []
     for r in range(1, ROUNDS + 1):
         acc = reference[r]["acc_min"]
-        if r % EVERY and _expected(reference, acc, EVERY) == r:
-            targets.append((acc, r))
+        if r % EVERY and r != ROUNDS and _expected(reference, acc, EVERY) == r:
+            targets.append((acc, r))   # (the last round is always evaluated: not a candidate)
     assert targets, "no round between evaluations is a first crossing; change the seed"
-    acc, expected = targets[-1]
-    assert expected % EVERY != 0
+    # The latest position in its window: the kept rounds before it are scanned (and written)
+    # first, in order, and fall short of the target.
+    acc, expected = min(targets, key=lambda t: (-(t[1] % EVERY), -t[1]))
+    assert expected % EVERY != 0 and expected != ROUNDS
     workdir = tmp_path / "backfill"
     summary = _run(_config(eval_every=EVERY, target_accuracy=acc), workdir, via)
     if via == "sweep":
