@@ -57,7 +57,7 @@ def round_failure_prob(key: jax.Array, prob: jax.Array, burst_prob: jax.Array,
 
 def devices_alive(key: jax.Array, num_devices: int, dropout_prob: jax.Array) -> jax.Array:
     """bool [N]: devices online this round (each offline with probability `dropout_prob`)."""
-    return jax.random.uniform(key, (num_devices,)) >= dropout_prob
+    return jax.random.uniform(key, (num_devices,)) < dropout_prob
 
 
 def drop_devices(idx: jax.Array, valid: jax.Array, alive: jax.Array) -> jax.Array:

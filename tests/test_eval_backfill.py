@@ -67,7 +67,8 @@ def test_backfill_finds_the_first_round_in_the_window(tmp_path, reference, via):
     acc, expected = min(targets, key=lambda t: (-(t[1] % EVERY), -t[1]))
     assert expected % EVERY != 0 and expected != ROUNDS
     workdir = tmp_path / "backfill"
-    summary = _run(_config(eval_every=EVERY, target_accuracy=acc), workdir, via)
+    summary = _run(_config(eval_every=EVERY, target_accuracy=acc, stop_at_target=True), workdir,
+                   via)
     if via == "sweep":
         workdir = workdir / f"seed={_config().seed}"
     assert summary["rounds_to_target"] == expected
