@@ -320,3 +320,58 @@ def test_centralized_is_one_model_on_all_data():
     np.testing.assert_array_equal(np.asarray(sim.arrays.sizes), [len(y_all)])
     assert sim.spec.algorithm == "centralized" and info["num_edges"] == 0
 
+
+
+# ----------------------------------------------------------------------------- the CNN
+
+
+def test_cnn_round_equals_python_reference(data):
+    """The vmapped round with the small CNN (convolutions, pooling: 4-D leaves on the device
+    axis) equals the per-device loop; the loop differentiates the model itself."""
+    from p2pl_jax.models import CNN
+
+    cnn = CNN(features=(4,), dense=8, num_classes=10)
+    grad = jax.jit(jax.grad(lambda p, xb, yb: -jnp.mean(jax.nn.log_softmax(
+        cnn.apply({"params": p}, xb))[jnp.arange(len(yb)), yb])))
+    x, y, parts = data
+    adj = graphs.adjacency(graphs.make_graph("cycle", len(SIZES)))
+    sim = simulation.Simulator(model=cnn, x=x, y=y, parts=parts, adj=adj, batch_size=BATCH,
+                               sync_mode="none", backend="gather")
+    seed = 6
+    state = sim.init(seed)
+    params = jax.tree.map(np.asarray, state.params)
+    assert jax.tree.leaves(params)[1].ndim == 5     # Conv_0 kernel [N, 3, 3, 1, 4]
+    mom = jax.tree.map(np.zeros_like, params)
+    w = mixing.mixing_matrix(adj, np.array(SIZES), "data_size")
+    hp = simulation.make_hparams(LR, BETA)
+    for r in range(2):
+        keys = rng.local_keys(rng.round_key(rng.root_key(seed), r), len(parts))
+        out = [_ref_local(_device(params, n), _device(mom, n), x[p], y[p], keys[n],
+                          max(SIZES), grad=grad) for n, p in enumerate(parts)]
+        params, mom = _mix(w, _stack([o[0] for o in out])), _stack([o[1] for o in out])
+        state, _ = sim.step(state, hp)
+        _assert_close(state.params, params, rtol=2e-5, atol=2e-5)
+        _assert_close(_momentum(state), mom, rtol=2e-5, atol=2e-5)
+
+
+# ----------------------------------------------------------------------------- eval_after_local
+
+
+@pytest.mark.parametrize("algorithm", ["local", "p2pl"])
+def test_eval_after_local_through_the_runner(tmp_path, algorithm, mnist_dir):
+    """local_* metrics are those of the models before consensus: equal to the ordinary ones when
+    there is no consensus (local), different with it (p2pl); asking for them changes nothing
+    else."""
+    c = smoke.get_config()
+    c.algorithm, c.rounds, c.tensorboard = algorithm, 3, False
+    runner.run(c, str(tmp_path / "plain"))
+    c.eval_after_local = True
+    runner.run(c, str(tmp_path / "local"))
+    plain, local = _records(str(tmp_path / "plain")), _records(str(tmp_path / "local"))
+    keys = ("acc_min", "acc_mean", "acc_max", "test_loss")
+    for a, b in zip(plain, local, strict=True):
+        assert all(b[k] == a[k] for k in a)           # the same run
+        if algorithm == "local":
+            assert all(b[f"local_{k}"] == b[k] for k in keys)
+        else:
+            assert b["local_acc_mean"] != b["acc_mean"] and b["local_test_loss"] != b["test_loss"]
