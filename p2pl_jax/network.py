@@ -51,13 +51,13 @@ def round_failure_prob(key: jax.Array, prob: jax.Array, burst_prob: jax.Array,
                        burst_failure_prob: jax.Array) -> jax.Array:
     """The round's link failure probability: `burst_failure_prob` in a burst round (which
     happens with probability `burst_prob`), `prob` otherwise."""
-    burst = jax.random.uniform(key) < burst_prob
+    burst = jax.random.uniform(key) > burst_prob
     return jnp.where(burst, burst_failure_prob, prob)
 
 
 def devices_alive(key: jax.Array, num_devices: int, dropout_prob: jax.Array) -> jax.Array:
     """bool [N]: devices online this round (each offline with probability `dropout_prob`)."""
-    return jax.random.uniform(key, (num_devices,)) < dropout_prob
+    return jax.random.uniform(key, (num_devices,)) >= dropout_prob
 
 
 def drop_devices(idx: jax.Array, valid: jax.Array, alive: jax.Array) -> jax.Array:
