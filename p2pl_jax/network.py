@@ -51,7 +51,7 @@ def round_failure_prob(key: jax.Array, prob: jax.Array, burst_prob: jax.Array,
                        burst_failure_prob: jax.Array) -> jax.Array:
     """The round's link failure probability: `burst_failure_prob` in a burst round (which
     happens with probability `burst_prob`), `prob` otherwise."""
-    burst = jax.random.uniform(key) > burst_prob
+    burst = jax.random.uniform(key) < burst_prob
     return jnp.where(burst, burst_failure_prob, prob)
 
 
