@@ -1,7 +1,29 @@
-"""Run by tests/test_sharding.py in a subprocess with 8 forced CPU devices."""
+"""Run by tests/test_sharding.py in a subprocess with 8 forced CPU devices.
+
+One case per fault or option (backends alternating between dense and gather where they apply).
+For each case the same Simulator is built twice: once unsharded (the local phase in lax.map
+blocks of 2 devices, as on CPU by default) and once sharded over an 8-device mesh
+(`Simulator.shard`, which must switch to vmap). Both run ROUNDS rounds from the same initial
+state: the sharded Simulator's own `init(0)` in the SHARDED_INIT cases (compared with the
+unsharded one), elsewhere the unsharded init state put into shard()'s layout. The JSON on stdout
+holds, per case:
+
+  diff        max |sharded - unsharded| over the init state, params, momentum and history
+  metrics     train_loss / links_up / devices_up of every round, unsharded and sharded
+  effect      max |unsharded - unsharded run without the fault| over params (parity is only
+              meaningful when the fault changes the result); `off` says what "without" was
+  layout      per state leaf (params, momentum, history): full shape, the shapes of all its
+              shards and the number of distinct devices holding them
+  array_collectives  result shapes of the cross-device collectives of the sharded round's HLO
+              that move arrays (scalar all-reduces of the round metrics are left out)
+
+Each compiled round is compiled exactly once (compile cost dominates on CPU).
+"""
 
 import json
+import re
 import sys
+import time
 
 import jax
 import numpy as np
@@ -9,46 +31,150 @@ import numpy as np
 from p2pl_jax import graphs, sharding, simulation
 from p2pl_jax.models import MLP
 
+N = 16
+ROUNDS = 3
+HP = dict(learning_rate=0.1, momentum=0.9)
+
+# name: (Simulator kwargs, HParams overrides, "without the fault": HParams overrides for the same
+# compiled program, or None for the no-fault baseline program).
+CASES = {
+    "link_symmetric": (dict(backend="dense", link_failures=True),
+                       dict(link_failure_prob=0.3), dict(link_failure_prob=0.0)),
+    "link_asymmetric": (dict(backend="gather", link_failures=True, link_mode="asymmetric"),
+                        dict(link_failure_prob=0.3), dict(link_failure_prob=0.0)),
+    "link_bursts": (dict(backend="dense", link_bursts=True),
+                    dict(link_failure_prob=0.1, link_burst_prob=0.5,
+                         link_burst_failure_prob=0.9), dict(link_burst_prob=0.0)),
+    "dropouts": (dict(backend="gather", dropouts=True), dict(dropout_prob=0.3),
+                 dict(dropout_prob=0.0)),
+    "delay_fixed": (dict(backend="dense", max_delay=2), {}, None),
+    "delay_random": (dict(backend="gather", max_delay=2, delay_mode="random"), {}, None),
+    "tv_random_geometric": (dict(backend="dense", time_varying="random_geometric"),
+                            dict(graph_radius=0.4), None),
+    "tv_erdos_renyi": (dict(backend="gather", time_varying="erdos_renyi"), dict(graph_p=0.3),
+                       None),
+    "momentum_reset": (dict(backend="dense", momentum_after_consensus="reset"), {}, None),
+    "momentum_mix": (dict(backend="gather", momentum_after_consensus="mix"), {}, None),
+    "fedavg_dropouts": (dict(algorithm="fedavg", dropouts=True), dict(dropout_prob=0.3),
+                        dict(dropout_prob=0.0)),
+    "local": (dict(algorithm="local"), {}, None),
+}
+# The no-fault baseline: the link_symmetric program with link_failure_prob 0 (the same maths as
+# the static graph's program, one compile fewer).
+BASELINE = "link_symmetric"
+# Cases whose sharded state comes from the sharded Simulator.init (one without, one with a delay
+# history); the others put the unsharded init state into shard()'s layout (a compile fewer each).
+SHARDED_INIT = ("link_symmetric", "delay_fixed")
+
+COLLECTIVE = re.compile(r"=\s*(\S.*?)\s+(all-gather|all-reduce|all-to-all|collective-permute|"
+                        r"reduce-scatter)(-start)?\(")
+
 
 def make_sim(**kw):
     gen = np.random.default_rng(0)
-    n = 16
-    x = gen.normal(size=(n * 12, 4, 4, 1)).astype(np.float32)
-    y = gen.integers(0, 10, size=n * 12)
-    parts = [np.arange(i * 12, i * 12 + 6 + i % 5) for i in range(n)]   # unequal sizes
-    adj = graphs.adjacency(graphs.make_graph("random_regular", n, degree=3, seed=1))
+    x = gen.normal(size=(N * 12, 4, 4, 1)).astype(np.float32)
+    y = gen.integers(0, 10, size=N * 12)
+    parts = [np.arange(i * 12, i * 12 + 6 + i % 5) for i in range(N)]   # unequal sizes
+    adj = graphs.adjacency(graphs.make_graph("random_regular", N, degree=3, seed=1))
     return simulation.Simulator(model=MLP(hidden_sizes=(8,)), x=x, y=y, parts=parts, adj=adj,
-                                batch_size=4, device_block=0, **kw)
+                                batch_size=4, device_block=2, **kw)
+
+
+def _host(tree):
+    return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def _max_diff(a, b):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(la) == len(lb), (len(la), len(lb))
+    if not la:
+        return None
+    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+               for x, y in zip(la, lb))
+
+
+def _run(sim, state, hp):
+    """ROUNDS rounds; returns the host copy of the final state and every round's metrics."""
+    metrics = []
+    for _ in range(ROUNDS):
+        state, m = sim.step(state, hp)
+        m = jax.device_get(m)
+        metrics.append({k: float(m[k]) for k in ("train_loss", "links_up", "devices_up")})
+    return _host(state), metrics, state
+
+
+def _layout(tree):
+    out = []
+    for leaf in jax.tree.leaves(tree):
+        shards = leaf.addressable_shards
+        out.append({"shape": list(leaf.shape),
+                    "shard_shapes": sorted({tuple(s.data.shape) for s in shards}),
+                    "num_devices": len({s.device for s in shards})})
+    return out
+
+
+def _array_collectives(hlo: str) -> list[str]:
+    """Result shapes of cross-device collectives that carry arrays (not only scalars)."""
+    found = []
+    for line in hlo.splitlines():
+        m = COLLECTIVE.search(line)
+        if m and re.search(r"\[\d", m.group(1)):
+            found.append(m.group(1))
+    return found
 
 
 def main():
     assert jax.device_count() == 8, jax.device_count()
-    out = {}
-    for backend in ("dense", "gather"):
-        kw = dict(backend=backend, link_failures=True, dropouts=True, max_delay=1,
-                  momentum_after_consensus="mix")
-        hp = simulation.make_hparams(0.1, 0.9, 0.3, dropout_prob=0.2)
+    mesh = sharding.make_mesh()
+    out, finals = {}, {}
+    for name, (kw, hp_kw, off_kw) in CASES.items():
+        t0 = time.perf_counter()
+        hp = simulation.make_hparams(**{**HP, **hp_kw})
         plain = make_sim(**kw)
-        state = plain.init(0)
-        for _ in range(2):
-            state, _ = plain.step(state, hp)
+        init_plain = plain.init(0)
+        init_host = _host(init_plain)
+        plain.compile(init_plain, hp)
+        final, metrics, _ = _run(plain, init_plain, hp)
+        finals[name] = final
+        effect_vs = None
+        if off_kw is not None:
+            off, _, _ = _run(plain, plain.init(0), simulation.make_hparams(
+                **{**HP, **hp_kw, **off_kw}))
+            effect_vs = off
+            if name == BASELINE:
+                finals["baseline"] = off
+
         sharded = make_sim(**kw)
-        mesh = sharding.make_mesh()
         sharded.shard(mesh)
-        s2 = sharded.init(0)
-        for _ in range(2):
-            s2, _ = sharded.step(s2, hp)
-        diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-                   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(s2)))
-        hlo = sharded._round.lower(s2, sharded.arrays, hp).compile().as_text()
-        out[backend] = {
-            "max_abs_diff": diff,
-            "param_shard_shapes": sharding.shard_shapes(s2.params),
-            "param_shapes": [list(leaf.shape) for leaf in jax.tree.leaves(s2.params)],
-            "history_shard_shapes": sharding.shard_shapes(s2.history),
-            "collectives": any(op in hlo for op in ("all-gather", "all-to-all",
-                                                    "collective-permute", "all-reduce")),
+        if name in SHARDED_INIT:
+            s2 = sharded.init(0)
+            init_diff = _max_diff(init_host, _host(s2))
+        else:   # the same state, laid out as shard() lays it out (saves a compile)
+            s2, init_diff = jax.device_put(init_host, sharded._state_sharding), None
+        sharded.compile(s2, hp)
+        hlo = sharded._round.as_text()
+        final2, metrics2, s2 = _run(sharded, s2, hp)
+        out[name] = {
+            "backend": sharded.backend,
+            "device_block": {"plain": plain.spec.device_block,
+                             "sharded": sharded.spec.device_block},
+            "diff": {"init": init_diff,
+                     "params": _max_diff(final.params, final2.params),
+                     "opt_state": _max_diff(final.opt_state, final2.opt_state),
+                     "history": _max_diff(final.history, final2.history)},
+            "metrics": {"plain": metrics, "sharded": metrics2},
+            "off": "hparams " + json.dumps(off_kw) if off_kw is not None else "baseline",
+            "_effect_vs": effect_vs,
+            "layout": {"params": _layout(s2.params), "opt_state": _layout(s2.opt_state),
+                       "history": _layout(s2.history) if s2.history is not None else []},
+            "array_collectives": _array_collectives(hlo),
+            "seconds": time.perf_counter() - t0,
         }
+        print(f"{name}: {out[name]['seconds']:.1f}s", file=sys.stderr)
+    for name, r in out.items():
+        vs = r.pop("_effect_vs")
+        vs = finals["baseline"] if vs is None else vs
+        r["effect"] = _max_diff(finals[name].params, vs.params)
     json.dump(out, sys.stdout)
 
 
