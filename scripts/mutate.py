@@ -140,6 +140,7 @@ FAST_TESTS: dict[str, list[str]] = {
     "recorder": [
         "tests/test_recorder.py",
         "tests/test_eval_backfill.py",
+        "tests/test_simulation.py::test_eval_after_local_through_the_runner",
         "tests/test_checkpoint.py::test_divergence_stops_with_round_and_cause_keeping_last_good_checkpoint",
         "tests/test_cli.py::test_smoke_run_writes_outputs",
     ],

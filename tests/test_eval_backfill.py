@@ -135,3 +135,13 @@ def test_resume_in_the_middle_of_a_window_backfills_like_an_uninterrupted_run(
     strip = lambda recs: [{k: v for k, v in r.items() if k != "wall_s"} for r in recs]
     assert strip(read_jsonl(workdir + "/metrics.jsonl")) == strip(
         read_jsonl(str(tmp_path / "whole" / "metrics.jsonl")))
+
+
+def test_a_target_equal_to_an_accuracy_is_met_at_that_round(tmp_path, reference):
+    """rounds_to_target is the first round whose acc_min >= target (equality counts), with
+    every round evaluated."""
+    r = next(r for r in range(2, ROUNDS + 1)
+             if reference[r]["acc_min"] > max(reference[q]["acc_min"] for q in range(1, r)))
+    c = _config(eval_every=1, target_accuracy=reference[r]["acc_min"], stop_at_target=True)
+    summary = runner.run(c, str(tmp_path / "exact"))
+    assert summary["rounds_to_target"] == r and summary["rounds_run"] == r
