@@ -104,6 +104,7 @@ FAST_TESTS: dict[str, list[str]] = {
         "tests/test_network.py::test_dropped_device_keeps_its_parameters",
         "tests/test_network.py::test_delay_returns_exactly_the_parameters_from_d_rounds_before",
         "tests/test_network.py::test_time_varying_graph_changes_each_round",
+        "tests/test_network.py::test_links_up_fraction_of_a_graph_without_links_is_zero",
         f"{_REF}[sym-links-2-epochs]",
         f"{_REF}[bursts-asym]",
         f"{_REF}[time-varying-rgg-links]",
@@ -127,6 +128,7 @@ FAST_TESTS: dict[str, list[str]] = {
         "tests/test_simulation.py::test_round_equals_python_reference",
         "tests/test_simulation.py::test_local_is_training_alone_and_sync_none_is_independent",
         "tests/test_simulation.py::test_centralized_is_one_model_on_all_data",
+        "tests/test_simulation.py::test_a_device_without_data_idles_and_the_loss_stays_finite",
     ],
     "simulation": [
         "tests/test_reference_round.py",

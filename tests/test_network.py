@@ -208,3 +208,12 @@ def test_time_varying_graph_changes_each_round():
     adj = _adj_from(idx, er)
     np.testing.assert_array_equal(adj, adj.T)
     assert 0.4 < adj.sum() / (20 * 19) < 0.6
+
+
+def test_links_up_fraction_of_a_graph_without_links_is_zero():
+    valid = jnp.ones((3, 1), bool)            # three isolated devices: only the self column
+    assert float(network.links_up_fraction(valid, valid)) == 0.0
+    g = graphs.make_graph("path", 3)
+    nl = _lists(g)
+    up = jnp.asarray(nl.valid).at[0, 1].set(False)   # 0 <- 1 down: 3 of the 4 links are up
+    assert float(network.links_up_fraction(jnp.asarray(nl.valid), up)) == 0.75

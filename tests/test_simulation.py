@@ -375,3 +375,20 @@ def test_eval_after_local_through_the_runner(tmp_path, algorithm, mnist_dir):
             assert all(b[f"local_{k}"] == b[k] for k in keys)
         else:
             assert b["local_acc_mean"] != b["acc_mean"] and b["local_test_loss"] != b["test_loss"]
+
+
+def test_a_device_without_data_idles_and_the_loss_stays_finite(data):
+    """A device holding no sample takes no step: its model is unchanged by the local phase, and
+    the round's train_loss (the mean over devices of each device's mean step loss) is finite."""
+    x, y, parts = data
+    parts = [parts[0], np.array([], np.int64), parts[2]]
+    adj = graphs.adjacency(graphs.make_graph("path", 3))
+    sim = simulation.Simulator(model=MODEL, x=x, y=y, parts=parts, adj=adj, batch_size=BATCH,
+                               algorithm="local", sync_mode="none")
+    state = sim.init(0)
+    before = jax.tree.map(np.asarray, state.params)
+    state, metrics = sim.step(state, simulation.make_hparams(LR, BETA))
+    assert np.isfinite(float(metrics["train_loss"]))
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(before)):
+        np.testing.assert_array_equal(np.asarray(a)[1], b[1])
+        assert not np.array_equal(np.asarray(a)[0], b[0])
