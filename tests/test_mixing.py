@@ -269,3 +269,24 @@ def test_mixing_analysis_table():
     assert ratio["data_size"] > 1.0   # data_size gives the big device at least its share
     sizes = analysis.device_sizes("lognormal:1", 20, 2000, 0)
     assert sizes.sum() == 2000 and len(sizes) == 20
+
+
+@pytest.mark.parametrize("sizes", [(0.0, 1.0, 0.0), (0.0, 0.5, 0.0)])
+def test_data_size_follows_the_only_device_with_data(sizes):
+    """A receiver whose closed neighbourhood holds data only at one neighbour takes that
+    neighbour's model (however small the data); only an all-empty neighbourhood keeps its own."""
+    adj = np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]], bool)        # path 0 - 1 - 2
+    expected = np.array([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
+    np.testing.assert_array_equal(mixing.mixing_matrix(adj, np.array(sizes), "data_size"),
+                                  expected)
+    nl = graphs.neighbour_lists(adj)
+    w = mixing.neighbour_weights(jnp.asarray(nl.idx), jnp.asarray(nl.valid),
+                                 jnp.asarray(sizes, jnp.float32), "data_size")
+    np.testing.assert_allclose(np.asarray(mixing.dense_from_lists(jnp.asarray(nl.idx), w, 3)),
+                               expected)
+    isolated = mixing.mixing_matrix(np.zeros((2, 2), bool), np.zeros(2), "data_size")
+    np.testing.assert_array_equal(isolated, np.eye(2))
+
+
+def test_spectral_info_of_one_device():
+    assert mixing.spectral_info(np.ones((1, 1))) == {"slem": 0.0, "spectral_gap": 1.0}
