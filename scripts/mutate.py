@@ -135,6 +135,7 @@ FAST_TESTS: dict[str, list[str]] = {
         "tests/test_simulation.py",
         "tests/test_consensus.py::test_backend_resolution",
         "tests/test_consensus.py::test_global_backend_equals_dense_in_simulator",
+        "tests/test_network.py::test_participation_weights_with_nobody_online_keep_pi",
     ],
     "metrics": [
         "tests/test_metrics.py",

@@ -217,3 +217,12 @@ def test_links_up_fraction_of_a_graph_without_links_is_zero():
     nl = _lists(g)
     up = jnp.asarray(nl.valid).at[0, 1].set(False)   # 0 <- 1 down: 3 of the 4 links are up
     assert float(network.links_up_fraction(jnp.asarray(nl.valid), up)) == 0.75
+
+
+def test_participation_weights_with_nobody_online_keep_pi():
+    pi = jnp.asarray([0.5, 0.3, 0.2])
+    np.testing.assert_array_equal(
+        np.asarray(simulation.participation_weights(pi, jnp.zeros(3, bool))), np.asarray(pi))
+    np.testing.assert_allclose(
+        np.asarray(simulation.participation_weights(pi, jnp.asarray([True, False, True]))),
+        [0.5 / 0.7, 0.0, 0.2 / 0.7], rtol=1e-6)

@@ -176,3 +176,38 @@ def test_one_device_fraction_errors():
     with pytest.raises(ConfigError, match="fraction"):
         one_device_fraction(10, 1.5)
     assert one_device_fraction(1, 1.0) == [1.0]
+
+
+def test_min_sizes_take_samples_only_from_devices_above_the_level():
+    """[3, 4, 9, 0, 0, 0] with min 2: 6 samples are needed, the level is 3 (frees 7), and the
+    one sample too many goes back to the first device cut (size 4), never to device 0, which
+    already sat at the level and gives nothing."""
+    from p2pl_jax.partition import _enforce_min_sizes
+
+    got = _enforce_min_sizes(np.array([3, 4, 9, 0, 0, 0]), 2)
+    np.testing.assert_array_equal(got, [3, 4, 3, 2, 2, 2])
+    np.testing.assert_array_equal(_enforce_min_sizes(np.array([5, 1]), 2), [4, 2])
+
+
+def test_dirichlet_matrix_moments_and_tiny_alpha():
+    """Rows are Dirichlet(alpha): mean 1/K and variance (1/K)(1 - 1/K)/(K alpha + 1) per entry
+    (checked within 5 standard errors); alpha = 1e-5 neither underflows nor gives NaN."""
+    from p2pl_jax.partition import _dirichlet_matrix
+
+    rows, k = 40000, 4
+    for alpha in (0.3, 2.0):
+        p = _dirichlet_matrix(alpha, rows, k, np.random.default_rng(0))
+        np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-12)
+        var = (1 / k) * (1 - 1 / k) / (k * alpha + 1)
+        assert abs(p.mean() - 1 / k) < 5 * np.sqrt(var / (rows * k))
+        sample_var = p[:, 0].var()
+        se = np.sqrt((np.mean((p[:, 0] - 1 / k) ** 4) - var ** 2) / rows)
+        assert abs(sample_var - var) < 5 * se, (alpha, sample_var, var)
+    tiny = _dirichlet_matrix(1e-5, 200, 10, np.random.default_rng(1))
+    assert np.all(np.isfinite(tiny)) and np.allclose(tiny.sum(axis=1), 1.0)
+    assert np.mean(tiny.max(axis=1) > 0.99) > 0.9      # nearly one class per row
+
+
+def test_pad_partition_of_no_device():
+    pd = pad_partition(np.zeros((5, 2, 2)), np.zeros(5, np.int64), [])
+    assert pd.x.shape == (0, 0, 2, 2) and pd.y.shape == (0, 0)
