@@ -392,3 +392,36 @@ def test_a_device_without_data_idles_and_the_loss_stays_finite(data):
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(before)):
         np.testing.assert_array_equal(np.asarray(a)[1], b[1])
         assert not np.array_equal(np.asarray(a)[0], b[0])
+
+
+def test_diameter_of_one_device_and_graph_faults_off_for_baselines(data):
+    x, y, parts = data
+    one = simulation.Simulator(model=MODEL, x=x, y=y, parts=[np.concatenate(parts)],
+                               adj=np.zeros((1, 1), bool), algorithm="centralized",
+                               batch_size=BATCH)
+    assert one.diameter == 0
+    adj = graphs.adjacency(graphs.make_graph("path", len(SIZES)))
+    assert _sim(data, adj).diameter == len(SIZES) - 1
+    for algorithm in ("fedavg", "local"):
+        sim = _sim(data, adj, algorithm=algorithm, max_delay=2, link_failures=True,
+                   link_bursts=True, time_varying="random_geometric")
+        assert sim.spec.max_delay == 0 and not sim.spec.link_failures
+        assert not sim.spec.bursts and sim.spec.time_varying == ""
+        assert sim.init(0).history is None
+
+
+def test_params_finite_flags_one_bad_entry_in_one_leaf(data):
+    """params_finite is False as soon as one entry of one leaf of one device is not finite
+    (devices all offline, so the round leaves the planted NaN where it is)."""
+    adj = graphs.adjacency(graphs.make_graph("cycle", len(SIZES)))
+    sim = _sim(data, adj, algorithm="local", dropouts=True)
+    hp = simulation.make_hparams(LR, BETA, dropout_prob=1.0)
+    state = sim.init(0)
+    _, metrics = sim.step(state, hp)
+    assert bool(metrics["params_finite"])
+    state = sim.init(0)
+    leaves, treedef = jax.tree.flatten(state.params)
+    leaves[-1] = leaves[-1].at[1, 0].set(jnp.nan)
+    state = state.replace(params=jax.tree.unflatten(treedef, leaves))
+    _, metrics = sim.step(state, hp)
+    assert not bool(metrics["params_finite"])
