@@ -425,3 +425,16 @@ def test_params_finite_flags_one_bad_entry_in_one_leaf(data):
     state = state.replace(params=jax.tree.unflatten(treedef, leaves))
     _, metrics = sim.step(state, hp)
     assert not bool(metrics["params_finite"])
+    assert float(metrics["train_loss"]) == 0.0 and float(metrics["devices_up"]) == 0.0
+
+
+def test_sync_none_stays_independent_when_the_diameter_is_unknown():
+    """Above DIAMETER_MAX_N the diameter is not computed (None); sync=none must still leave
+    every device its own initialisation."""
+    adj = graphs.adjacency(graphs.make_graph("path", 3))
+    nl = graphs.neighbour_lists(adj)
+    root = rng.root_key(2)
+    state = simulation._init_state(root, jnp.asarray(nl.idx), jnp.asarray(nl.valid), model=MODEL,
+                                   input_shape=SHAPE, num_devices=3, sync_mode="none",
+                                   diameter=None, max_delay=0)
+    _assert_close(state.params, _independent_inits(MODEL, root, 3, SHAPE), rtol=1e-6, atol=1e-7)
