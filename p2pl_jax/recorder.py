@@ -98,11 +98,15 @@ class Recorder:
         middle of a window backfills exactly as an uninterrupted one (evaluation is a pure
         function of the parameters, so evaluating earlier changes no number)."""
         t0 = self.clock()
-        for r, kept, kept_metrics in self._pending:
-            self._settled.append({"round": r, **summarize(self.evaluate(kept)),
-                                  **_floats(kept_metrics), "backfilled": 1.0})
+        self._settled.extend(self._kept_records())
         self._pending.clear()
         self.eval_time += self.clock() - t0
+
+    def _kept_records(self):
+        """The backfill records of the kept rounds, evaluated one at a time (a generator)."""
+        for r, params, round_metrics in self._pending:
+            yield {"round": r, **summarize(self.evaluate(params)), **_floats(round_metrics),
+                   "backfilled": 1.0}
 
     @property
     def pending_records(self) -> list[dict]:
@@ -129,10 +133,8 @@ class Recorder:
         check_finite(record, round_index, c.learning_rate, last_good)
         reached = record["acc_min"] >= c.target_accuracy
         if self.rounds_to_target is None and reached:
-            settled = iter(self._settled)
-            kept = ({"round": r, **summarize(self.evaluate(p)), **_floats(m), "backfilled": 1.0}
-                    for r, p, m in self._pending)
-            for back in itertools.chain(settled, kept):   # in round order, lazily
+            # In round order; the kept rounds are evaluated lazily, up to the first that meets it.
+            for back in itertools.chain(self._settled, self._kept_records()):
                 back = {**back, "wall_s": self.clock()}
                 self.writer.write(back)
                 if back["acc_min"] >= c.target_accuracy:

@@ -298,8 +298,8 @@ def _run(c: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpoint
         nonlocal saved, checkpoint_time
         if saved == round_index:
             return
-        tc = time.perf_counter()
         recorder.settle()   # the open window's kept rounds go into the checkpoint as records
+        tc = time.perf_counter()   # (their evaluation counts as eval time, not checkpoint time)
         ckpt.save(round_index, state, {
             "fingerprint": fingerprint, "records": recorder.records,
             "rounds_to_target": recorder.rounds_to_target,

@@ -165,7 +165,7 @@ def _ref_round_graph(c, adj, hp, key, alive, events):
         a &= up
     if alive is not None:
         a &= alive[:, None] & alive[None, :]
-    return a, rows, cand.sum()
+    return a, rows, k_max, cand.sum()
 
 
 def _mix(w, tree):
@@ -213,17 +213,16 @@ def reference_run(c, data, adj, hp, params0, seed, rounds=ROUNDS):
         elif algorithm == "local":
             w, theta = None, local
         else:
-            a, rows, links = _ref_round_graph(c, adj, hp, key, alive, events)
+            a, rows, k_max, links = _ref_round_graph(c, adj, hp, key, alive, events)
             metrics["links_up"] = a.sum() / links
             w = _ref_weights(a, sizes, c.get("mixing_scheme", "data_size"))
             d_max = c.get("max_delay", 0)
             if d_max:
                 if c.get("delay_mode", "fixed") == "fixed":
-                    delays = np.full((N, len(max(rows, key=len))), d_max)
+                    delays = np.full((N, k_max), d_max)
                 else:
                     delays = np.asarray(jax.random.randint(
-                        _tag(key, "delay"), (N, len(max(rows, key=len))), 0, d_max + 1,
-                        jnp.int32))
+                        _tag(key, "delay"), (N, k_max), 0, d_max + 1, jnp.int32))
                 flat = lambda tree: [leaf.reshape(N, -1).astype(np.float64)
                                      for leaf in jax.tree.leaves(tree)]
                 cur = flat(local)
