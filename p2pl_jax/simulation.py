@@ -382,6 +382,10 @@ class Simulator:
                 state, self.arrays, hp).compile()
         return time.perf_counter() - t0
 
+    def eval_params(self, state: SimState):
+        """The [N, ...] parameters a device is evaluated with (the algorithm's `eval_params`)."""
+        return state.params
+
     def step(self, state: SimState, hp: HParams, *, return_local: bool = False):
         """Runs one jitted round (the state's buffers are donated)."""
         if return_local:
