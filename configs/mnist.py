@@ -31,7 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
     # Graph and consensus.
     c.topology = "complete"          # complete | cycle | path | star | grid | torus |
     #                                  random_geometric | erdos_renyi | watts_strogatz |
-    #                                  barabasi_albert | random_regular | edgelist
+    #                                  barabasi_albert | random_regular | edgelist |
+    #                                  exponential (directed: i -> i + 2^k mod N)
     c.graph_radius = 0.2             # random_geometric
     c.graph_p = 0.1                  # erdos_renyi, watts_strogatz (rewiring)
     c.graph_k = 4                    # watts_strogatz
@@ -39,26 +40,35 @@ def get_config() -> ml_collections.ConfigDict:
     c.graph_degree = 4               # random_regular
     c.graph_rows = -1                # grid/torus rows; -1 = most square
     c.edgelist_path = ""             # topology=edgelist
+    c.directed = False               # topology=edgelist: "u v" means u sends to v (directed)
     c.allow_disconnected = False     # a disconnected graph is an error unless this is set
-    c.mixing = "data_size"           # data_size | metropolis | uniform | max_degree | fedavg
+    c.mixing = "auto"                # auto (the algorithm's default: data_size for p2pl) |
+    #                                  data_size | metropolis | uniform | max_degree | fedavg
     c.consensus_backend = "auto"     # auto | dense | gather
     c.sync = "max_norm"              # max_norm | none | shared_seed
     c.link_failure_prob = 0.0        # each edge down with this probability each round
     c.link_failure_mode = "symmetric"  # symmetric | asymmetric
     c.link_burst_prob = 0.0          # probability that a round is a burst ...
     c.link_burst_failure_prob = 0.9  # ... in which each link is down with this probability
-    c.dropout_prob = 0.0             # each device offline (no training, no messages) per round;
-    #                                  p2pl, fedavg (averages the online devices) and local.
-    #                                  Link failures, bursts, delays and time_varying: p2pl only
+    c.dropout_prob = 0.0             # each device offline (no training, no messages) per round
+    #                                  (fedavg averages the online devices). Which algorithm
+    #                                  takes which fault: docs/ALGORITHMS.md
     c.delay_rounds = 0               # messages arrive this many rounds late (max, if random)
     c.delay_mode = "fixed"           # fixed | random (uniform on 0..delay_rounds per link)
     c.time_varying = False           # draw a fresh graph each round (random_geometric with
-    #                                  graph_radius, or erdos_renyi with graph_p)
+    #                                  graph_radius, or erdos_renyi with graph_p), or cycle the
+    #                                  one-peer exponential graph (exponential)
 
     # Algorithm and training.
-    c.algorithm = "p2pl"             # p2pl | fedavg | local | centralized
+    c.algorithm = "p2pl"             # p2pl | fedavg | local | centralized | dpsgd |
+    #                                  gradient_tracking | push_sum | choco (docs/ALGORITHMS.md)
     c.rounds = 100                   # round cap (may be raised to extend a finished run)
-    c.local_epochs = 1               # E, local epochs per round
+    c.local_epochs = 1               # E, local epochs per round (when local_steps = 0)
+    c.local_steps = 0                # T > 0: exactly T local SGD steps per round instead
+    c.compressor = "none"            # choco: none | top_k | random_k | qsgd | sign
+    c.compress_ratio = 0.01          # top_k / random_k: fraction of each tensor sent
+    c.qsgd_bits = 4                  # qsgd: bits per level (2^bits - 1 levels, + a sign bit)
+    c.consensus_step = 1.0           # choco: gamma, the consensus step size in (0, 1]
     c.batch_size = 10                # B, local mini-batch size
     c.learning_rate = 0.05           # eta, SGD learning rate
     c.momentum = 0.9                 # beta (optax.sgd: m <- g + beta m, theta <- theta - eta m)

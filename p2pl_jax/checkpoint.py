@@ -30,12 +30,16 @@ import numpy as np
 
 from p2pl_jax.errors import ConfigError
 
-FORMAT = 1
+FORMAT = 2   # 2: SimState gained the algorithm's `aux` and the message counters `comm`
 # Config fields that may differ between the run that wrote a checkpoint and the run resuming it.
 RESUMABLE_FIELDS = ("rounds", "checkpoint_every", "progress", "tensorboard", "data_dir",
                     "eval_device_chunk", "eval_example_chunk", "device_block", "stop_at_target",
                     "eval_backfill")
 _STATE, _META = "state", "meta"
+
+
+class _OldFormat(Exception):
+    """A checkpoint of an earlier format."""
 
 
 def fingerprint(config: dict) -> dict:
@@ -211,6 +215,8 @@ class Checkpointer:
                 state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
             arrays, meta = dict(out[_STATE]), dict(out[_META])
             spec = meta["leaves"]
+            if meta.get("format") == 1:
+                raise _OldFormat()
             if meta.get("format") != FORMAT or meta["round"] != step:
                 raise ValueError(f"meta format {meta.get('format')} / round "
                                  f"{meta.get('round')} do not match format {FORMAT} / step {step}")
@@ -223,6 +229,12 @@ class Checkpointer:
                                      f"described as {s['shape']} {s['dtype']}")
             for key in ("fingerprint", "records"):
                 meta[key]  # noqa: B018 - KeyError -> corrupt
+        except _OldFormat:
+            raise ConfigError(
+                f"the checkpoint {where} was written by an older p2pl-jax (checkpoint format 1, "
+                f"before the algorithm interface added algorithm state and message counters "
+                f"to the simulation state) and cannot be resumed by this version; use a new "
+                f"--workdir (or delete {self.directory}) to start over") from None
         except Exception as e:  # noqa: BLE001 - any failure to read means a corrupt checkpoint
             hint = (f"delete it to resume from the previous checkpoint (round {max(older)})"
                     if older else f"delete {self.directory} to start over")

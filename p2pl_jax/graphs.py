@@ -23,11 +23,12 @@ from p2pl_jax.errors import ConfigError, check_choice, check_range
 
 TOPOLOGIES = (
     "complete", "cycle", "path", "star", "grid", "torus", "random_geometric", "erdos_renyi",
-    "watts_strogatz", "barabasi_albert", "random_regular", "edgelist",
+    "watts_strogatz", "barabasi_albert", "random_regular", "edgelist", "exponential",
 )
+DIRECTED = ("exponential",)   # always directed; edgelist is directed with directed=True
 
 # Smallest num_devices each topology accepts.
-_MIN_DEVICES = {"cycle": 3, "star": 2, "watts_strogatz": 2, "barabasi_albert": 2,
+_MIN_DEVICES = {"exponential": 2, "cycle": 3, "star": 2, "watts_strogatz": 2, "barabasi_albert": 2,
                 "random_regular": 2, "edgelist": 2}
 
 
@@ -56,13 +57,13 @@ def _is_int(text: str) -> bool:
     return True
 
 
-def _read_edgelist(path: str | None, n: int) -> nx.Graph:
+def _read_edgelist(path: str | None, n: int, directed: bool = False) -> nx.Graph:
     if path is None or not str(path).strip():
         raise ConfigError("topology='edgelist' needs edgelist_path "
                           "(a text file, one 'u v' per line)")
     if not os.path.isfile(path):
         raise ConfigError(f"edgelist_path={path!r}: file not found")
-    g = nx.empty_graph(n)
+    g = nx.empty_graph(n, create_using=nx.DiGraph if directed else nx.Graph)
     with open(path) as f:
         for lineno, raw in enumerate(f, start=1):
             line = raw.split("#", 1)[0].strip()
@@ -88,10 +89,13 @@ def _read_edgelist(path: str | None, n: int) -> nx.Graph:
 def make_graph(topology: str, num_devices: int, *, seed: int = 0, radius: float = 0.2,
                p: float = 0.1, k: int = 4, m: int = 2, degree: int = 4,
                grid_rows: int | None = None, edgelist_path: str | None = None,
-               allow_disconnected: bool = False) -> nx.Graph:
+               allow_disconnected: bool = False, directed: bool = False) -> nx.Graph:
     """Builds the communication graph.
 
-    Returns an undirected nx.Graph with nodes 0..N-1 (N = num_devices) and no self loops.
+    Returns an undirected nx.Graph with nodes 0..N-1 (N = num_devices) and no self loops, or
+    an nx.DiGraph (edge u -> v: u sends to v) for topology=exponential (i -> i + 2^k mod N,
+    2^k < N, the graph SGP uses) and for an edge list read with directed=True ("u v" = u
+    sends to v). A directed graph must be strongly connected.
     Random topologies are reproducible from `seed`. Parameters (config field in brackets):
     radius [graph_radius] for random_geometric (nodes uniform in the unit square, edge iff
     Euclidean distance <= radius); p [graph_p] for erdos_renyi and the rewiring probability of
@@ -136,29 +140,38 @@ def make_graph(topology: str, num_devices: int, *, seed: int = 0, radius: float 
             raise ConfigError(f"graph_degree={degree} with num_devices={n}: "
                               f"num_devices * graph_degree must be even for random_regular")
         g = nx.random_regular_graph(int(degree), n, seed=seed)
+    elif topology == "exponential":
+        g = nx.DiGraph()
+        g.add_nodes_from(range(n))
+        g.add_edges_from((i, (i + 2 ** j) % n) for i in range(n)
+                         for j in range((n - 1).bit_length()) if (i + 2 ** j) % n != i)
     else:  # edgelist
-        g = _read_edgelist(edgelist_path, n)
+        g = _read_edgelist(edgelist_path, n, directed)
 
-    g = nx.Graph(g)  # plain undirected copy, drops node positions and other attributes' views
+    kind = nx.DiGraph if g.is_directed() else nx.Graph
+    g = kind(g)  # plain copy, drops node positions and other attributes' views
     g.remove_edges_from(list(nx.selfloop_edges(g)))
     g = nx.relabel_nodes(g, {old: new for new, old in enumerate(sorted(g.nodes))})
-    comps = nx.number_connected_components(g)
+    comps = (nx.number_strongly_connected_components(g) if g.is_directed()
+             else nx.number_connected_components(g))
     if comps > 1 and not allow_disconnected:
         hint = {"random_geometric": "a larger graph_radius", "erdos_renyi": "a larger graph_p",
                 "watts_strogatz": "a larger graph_k", "random_regular": "a larger graph_degree",
                 "edgelist": "an edge list that links every device"}
         hint = hint.get(topology, "a denser topology")
         raise ConfigError(f"topology={topology!r} with num_devices={n} gave a disconnected graph "
-                          f"({comps} components); consensus cannot reach every device. Try {hint}, "
+                          f"({comps} {'strongly connected ' if g.is_directed() else ''}"
+                          f"components); consensus cannot reach every device. Try {hint}, "
                           f"another seed, or allow_disconnected=True")
     return g
 
 
 def adjacency(graph: nx.Graph) -> np.ndarray:
-    """bool [N, N] adjacency of a graph with nodes 0..N-1: symmetric, zero diagonal."""
+    """bool [N, N] adjacency of a graph with nodes 0..N-1, zero diagonal: symmetric for an
+    undirected graph; for a directed one adj[n, m] = True iff m -> n (n receives from m)."""
     n = graph.number_of_nodes()
     adj = nx.to_numpy_array(graph, nodelist=range(n), dtype=float) != 0
-    adj = adj | adj.T
+    adj = adj.T if graph.is_directed() else adj | adj.T
     np.fill_diagonal(adj, False)
     return adj
 

@@ -47,16 +47,33 @@ def batch_order(key: jax.Array, size: jax.Array, max_size: int,
     return order.reshape(steps, batch_size), valid.reshape(steps, batch_size)
 
 
+def epochs_needed(local_steps: int, min_size: int, batch_size: int) -> int:
+    """Epochs the smallest device walks through in `local_steps` steps (static)."""
+    return -(-local_steps // num_steps(max(min_size, 1), batch_size))
+
+
 def make_local_update(apply_fn: Callable, *, max_size: int, batch_size: int,
-                      local_epochs: int) -> Callable:
-    """Builds `local_update(params, opt_state, offset, size, key, lr, momentum, x, y)`.
+                      local_epochs: int, local_steps: int = 0, min_size: int = 1,
+                      with_correction: bool = False,
+                      return_mean_grad: bool = False) -> Callable:
+    """Builds `local_update(params, opt_state, offset, size, key, lr, momentum, x, y[, corr])`.
 
     Args of the returned function (one device, no leading device axis except x, y):
       params, opt_state: the device's model and optax.sgd state.
       offset, size: the device's rows of x, y are offset .. offset + size - 1.
       key: the device's key for this round; lr, momentum: scalars (may be traced).
       x [T, ...], y [T] int: every device's data, concatenated (shared across devices).
-    Returns (params, opt_state, mean training loss over the steps taken).
+      corr (with_correction): a pytree like params added to every step's gradient before the
+        optimizer (gradient tracking's correction, tracker minus own gradient).
+    Returns (params, opt_state, mean training loss over the steps taken, mean raw gradient over
+    the steps taken or None unless return_mean_grad).
+
+    local_steps = 0: `local_epochs` epochs, each one pass over the device's own shuffled data
+    (ceil(size_n / B) steps; the scan runs ceil(max_n / B) steps for everybody, masked).
+    local_steps = T > 0: exactly T steps for every device (no masking). Step t takes batch
+    t mod s_n of the shuffle of epoch floor(t / s_n), s_n = ceil(size_n / B): a device whose
+    epoch is shorter than T steps goes on into further epochs, each freshly shuffled, and the
+    last, partial batch of every epoch is taken as it is. Every round starts a fresh shuffle.
     """
 
     def loss_fn(params, xb, yb, vb):
@@ -67,31 +84,52 @@ def make_local_update(apply_fn: Callable, *, max_size: int, batch_size: int,
 
     grad_fn = jax.value_and_grad(loss_fn)
 
-    def local_update(params, opt_state, offset, size, key, lr, momentum, x, y):
+    def local_update(params, opt_state, offset, size, key, lr, momentum, x, y, corr=None):
         tx = make_optimizer(lr, momentum)
+        zero = lambda: jax.tree.map(jnp.zeros_like, params)
 
         def step(carry, batch):
-            params, opt_state, loss_sum, count = carry
+            params, opt_state, loss_sum, count, grad_sum = carry
             idx, valid = batch
             rows = offset + idx
             loss, grads = grad_fn(params, x[rows], y[rows], valid)
+            active = valid[0]  # real samples come first: a batch is active iff its first is
+            if return_mean_grad:
+                grad_sum = jax.tree.map(lambda s, g: s + jnp.where(active, g, 0.0),
+                                        grad_sum, grads)
+            if with_correction:
+                grads = jax.tree.map(jnp.add, grads, corr)
             updates, new_opt_state = tx.update(grads, opt_state, params)
             new_params = optax.apply_updates(params, updates)
-            active = valid[0]  # real samples come first: a batch is active iff its first is
             keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(active, a, b), new, old)
             carry = (keep(new_params, params), keep(new_opt_state, opt_state),
-                     loss_sum + jnp.where(active, loss, 0.0), count + active)
+                     loss_sum + jnp.where(active, loss, 0.0), count + active, grad_sum)
             return carry, None
 
-        def epoch(carry, epoch_index):
-            idx, valid = batch_order(jax.random.fold_in(key, epoch_index), size, max_size,
-                                     batch_size)
-            carry, _ = jax.lax.scan(step, carry, (idx, valid))
-            return carry, None
+        grad_sum0 = zero() if return_mean_grad else None
+        init = (params, opt_state, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32),
+                grad_sum0)
+        if local_steps:
+            n_epochs = epochs_needed(local_steps, min_size, batch_size)
+            idx, valid = jax.vmap(lambda e: batch_order(jax.random.fold_in(key, e), size,
+                                                        max_size, batch_size))(
+                jnp.arange(n_epochs))
+            per_epoch = (size + batch_size - 1) // batch_size
+            t = jnp.arange(local_steps)
+            e, b = t // per_epoch, t % per_epoch
+            carry, _ = jax.lax.scan(step, init, (idx[e, b], valid[e, b]))
+        else:
+            def epoch(carry, epoch_index):
+                idx, valid = batch_order(jax.random.fold_in(key, epoch_index), size, max_size,
+                                         batch_size)
+                carry, _ = jax.lax.scan(step, carry, (idx, valid))
+                return carry, None
 
-        init = (params, opt_state, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
-        (params, opt_state, loss_sum, count), _ = jax.lax.scan(
-            epoch, init, jnp.arange(local_epochs))
-        return params, opt_state, loss_sum / jnp.maximum(count, 1)
+            carry, _ = jax.lax.scan(epoch, init, jnp.arange(local_epochs))
+        params, opt_state, loss_sum, count, grad_sum = carry
+        mean_grad = None
+        if return_mean_grad:
+            mean_grad = jax.tree.map(lambda s: s / jnp.maximum(count, 1), grad_sum)
+        return params, opt_state, loss_sum / jnp.maximum(count, 1), mean_grad
 
     return local_update

@@ -103,6 +103,28 @@ def neighbour_weights(idx: jax.Array, valid: jax.Array, sizes: jax.Array,
     return w_nb.astype(jnp.float32).at[:, 0].add(w_self.astype(jnp.float32))
 
 
+def column_weights(idx: jax.Array, valid: jax.Array, rev: jax.Array, sizes: jax.Array,
+                   scheme: str) -> jax.Array:
+    """float32 [N, K] column-stochastic weights on the receivers' lists (push-sum).
+
+    Every sender m splits its mass over its closed out-neighbourhood with the weights `scheme`
+    gives a receiver over its closed in-neighbourhood (so W is the scheme on the reversed graph,
+    transposed: column m sums to 1). valid[n, k]: n receives from idx[n, k] this round; rev:
+    `simulation.reverse_positions` of idx (lists of an undirected structure). Returns P with
+    P[n, k] = the share sender idx[n, k] gives n (P[n, 0] = what n keeps; 0 where invalid). A
+    message that does not arrive is not given: the sender keeps its share (mass conserved).
+    """
+    idx = jnp.asarray(idx)
+    n = idx.shape[0]
+    cols = jnp.arange(idx.shape[1])[None, :]
+    # valid_out[m, j]: m sends to idx[m, j] and it arrives (m is in the receiver's list at rev).
+    valid_out = (rev > 0) & jnp.asarray(valid, bool)[idx, rev]
+    w_out = neighbour_weights(idx, valid_out | (cols == 0), sizes, scheme)
+    given = jnp.where(jnp.asarray(valid, bool) & (idx != jnp.arange(n)[:, None]),
+                      w_out[idx, rev], 0.0)
+    return jnp.where(cols == 0, w_out[:, :1], given).astype(jnp.float32)
+
+
 def dense_from_lists(idx: jax.Array, weights: jax.Array, num_devices: int) -> jax.Array:
     """Scatter-adds [N, K] list weights into a dense [N, N] W: W[n, idx[n, k]] += weights[n, k]."""
     rows = jnp.broadcast_to(jnp.arange(idx.shape[0])[:, None], idx.shape)

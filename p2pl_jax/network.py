@@ -43,7 +43,7 @@ def links_up_fraction(valid: jax.Array, valid_k: jax.Array) -> jax.Array:
     return jnp.sum(valid_k & off) / total
 
 
-TIME_VARYING = ("random_geometric", "erdos_renyi")
+TIME_VARYING = ("random_geometric", "erdos_renyi", "exponential")
 DELAY_MODES = ("fixed", "random")
 
 
@@ -119,3 +119,15 @@ def sample_delays(key: jax.Array, shape: tuple, max_delay: int, mode: str) -> ja
     else:
         raise ValueError(f"unknown delay mode {mode!r}; allowed: {DELAY_MODES}")
     return d.at[:, 0].set(0)
+
+
+def exponential_peer_mask(idx: jax.Array, round_index: jax.Array) -> jax.Array:
+    """bool [N, K] mask of the one-peer exponential graph of round k (SGP's time-varying
+    graph): device i sends only to i + 2^(k mod L) mod N, L = floor(log2(N - 1)) + 1, so
+    receiver n keeps the entry of sender n - 2^(k mod L) (and itself)."""
+    n = idx.shape[0]
+    hops = max((n - 1).bit_length(), 1)
+    shift = jnp.left_shift(1, jnp.mod(round_index, hops))
+    sender = jnp.mod(jnp.arange(n) - shift, n)
+    mask = idx == sender[:, None]
+    return mask.at[:, 0].set(True)

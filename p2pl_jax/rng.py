@@ -8,12 +8,12 @@ would have drawn:
   round key        fold_in(fold_in(root, ROUND), k)          round k = 0, 1, ...
   local keys       split(fold_in(round key, LOCAL), N)       data shuffling of device n
   link key         fold_in(round key, LINK)                  link failures of round k
-  dropout / graph / delay / burst keys: fold_in(round key, TAG), likewise
+  dropout / graph / delay / burst / compress keys: fold_in(round key, TAG), likewise
 """
 
 import jax
 
-_INIT, _ROUND, _LOCAL, _LINK, _DROP, _GRAPH, _DELAY, _BURST = 1, 2, 3, 4, 5, 6, 7, 8
+_INIT, _ROUND, _LOCAL, _LINK, _DROP, _GRAPH, _DELAY, _BURST, _COMPRESS = 1, 2, 3, 4, 5, 6, 7, 8, 9
 
 
 def root_key(seed: int) -> jax.Array:
@@ -59,3 +59,8 @@ def delay_key(key_of_round: jax.Array) -> jax.Array:
 def burst_key(key_of_round: jax.Array) -> jax.Array:
     """The key deciding whether the round is a link-failure burst."""
     return jax.random.fold_in(key_of_round, _BURST)
+
+
+def compress_key(key_of_round: jax.Array) -> jax.Array:
+    """The key for the round's randomized compression (random_k, qsgd)."""
+    return jax.random.fold_in(key_of_round, _COMPRESS)

@@ -21,7 +21,9 @@ import numpy as np
 from absl import logging
 
 from p2pl_jax import (
+    algorithms,
     checkpoint,
+    compression,
     graphs,
     mixing,
     network,
@@ -49,11 +51,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check_choice("partition", c.partition, partition.SCHEMES)
     check_choice("model", c.model, MODELS)
     check_choice("topology", c.topology, graphs.TOPOLOGIES)
-    check_choice("mixing", c.mixing, mixing.SCHEMES)
+    check_choice("mixing", c.mixing, ("auto",) + mixing.SCHEMES)
     check_choice("consensus_backend", c.consensus_backend, BACKENDS)
     check_choice("sync", c.sync, sync.SYNC_MODES)
     check_choice("link_failure_mode", c.link_failure_mode, network.LINK_MODES)
-    check_choice("algorithm", c.algorithm, simulation.ALGORITHMS)
+    check_choice("algorithm", c.algorithm, algorithms.ALGORITHMS)
+    check_range("local_steps", c.local_steps, 0, integer=True)
+    check_choice("compressor", c.compressor, compression.COMPRESSORS)
+    check_range("compress_ratio", c.compress_ratio, 0.0, 1.0, lo_open=True)
+    check_range("qsgd_bits", c.qsgd_bits, 1, 16, integer=True)
+    check_range("consensus_step", c.consensus_step, 0.0, 1.0, lo_open=True)
     check_choice("momentum_after_consensus", c.momentum_after_consensus,
                  simulation.MOMENTUM_AFTER_CONSENSUS)
     check_range("num_devices", c.num_devices, 1, integer=True)
@@ -70,7 +77,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check_choice("delay_mode", c.delay_mode, network.DELAY_MODES)
     if c.time_varying:
         check_choice("topology (with time_varying=True)", c.topology, network.TIME_VARYING)
-    _check_faults_apply(c)
+    if c.directed and c.topology != "edgelist":
+        raise ConfigError(f"directed=True reads a directed edge list; allowed: "
+                          f"topology=edgelist (or topology=exponential, always directed), "
+                          f"not topology={c.topology}")
+    if c.algorithm != "choco" and c.compressor != "none":
+        raise ConfigError(f"compressor={c.compressor} compresses CHOCO's messages; allowed: "
+                          f"algorithm=choco, or compressor=none")
+    algorithms.check_config(c)   # what the algorithm accepts: mixing, faults, graph, momentum
     check_range("eval_every", c.eval_every, 1, integer=True)
     check_range("target_accuracy", c.target_accuracy, 0.0, 1.0)
     check_range("eval_device_chunk", c.eval_device_chunk, 1, integer=True)
@@ -79,7 +93,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check_range("device_block", c.device_block, -1, integer=True)
     check_range("checkpoint_every", c.checkpoint_every, 0, integer=True)
     for field in ("progress", "tensorboard", "stop_at_target", "eval_after_local",
-                  "eval_backfill", "allow_disconnected"):
+                  "eval_backfill", "allow_disconnected", "directed"):
         if not isinstance(c[field], bool):
             raise ConfigError(f"{field}={c[field]!r} must be a boolean (True or False)")
     if c.samples_per_device != -1:
@@ -87,27 +101,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if not all(isinstance(h, int) and h >= 1 for h in c.hidden_sizes):
         raise ConfigError(f"hidden_sizes={tuple(c.hidden_sizes)!r} must be positive integers, "
                           "e.g. (200, 200)")
-
-
-def _check_faults_apply(c: ml_collections.ConfigDict) -> None:
-    """Link faults act on P2PL's graph; device dropouts on p2pl, fedavg and local. A fault
-    asked of an algorithm it does not act on is an error, not silently ignored."""
-    algorithm = "fedavg" if c.algorithm == "p2pl" and c.mixing == "fedavg" else c.algorithm
-    graph_faults = {"link_failure_prob": c.link_failure_prob > 0,
-                    "link_burst_prob": c.link_burst_prob > 0,
-                    "delay_rounds": c.delay_rounds > 0, "time_varying": bool(c.time_varying)}
-    if algorithm != "p2pl":
-        for field, on in graph_faults.items():
-            if on:
-                what = ("mixing=fedavg" if algorithm == "fedavg" and c.algorithm == "p2pl"
-                        else f"algorithm={c.algorithm}")
-                raise ConfigError(
-                    f"{field}={c[field]!r} acts on P2PL's peer-to-peer graph only, not with "
-                    f"{what}; allowed: algorithm=p2pl with a mixing other than fedavg, or "
-                    f"{field} off. Device unavailability for fedavg/local: dropout_prob")
-    if algorithm == "centralized" and c.dropout_prob > 0:
-        raise ConfigError(f"dropout_prob={c.dropout_prob} does not apply to "
-                          "algorithm=centralized (one device); allowed: p2pl, fedavg, local")
 
 
 def resolve_device_block(device_block: int) -> int:
@@ -135,7 +128,8 @@ def _graph(c, num_devices: int):
         c.topology, num_devices, seed=c.seed, radius=c.graph_radius, p=c.graph_p,
         k=c.graph_k, m=c.graph_m, degree=c.graph_degree,
         grid_rows=None if c.graph_rows == -1 else c.graph_rows,
-        edgelist_path=c.edgelist_path or None, allow_disconnected=c.allow_disconnected)
+        edgelist_path=c.edgelist_path or None, allow_disconnected=c.allow_disconnected,
+        directed=c.directed)
 
 
 def build(c: ml_collections.ConfigDict) -> tuple[simulation.Simulator, data_lib.Dataset, dict]:
@@ -149,6 +143,7 @@ def build(c: ml_collections.ConfigDict) -> tuple[simulation.Simulator, data_lib.
     else:
         adj = graphs.adjacency(_graph(c, c.num_devices))
     model = make_model(c.model, hidden_sizes=c.hidden_sizes, num_classes=ds.num_classes)
+    diameter = simulation.graph_diameter(adj)
     sim = simulation.Simulator(
         model=model, x=ds.x_train, y=ds.y_train, parts=parts, adj=adj,
         algorithm=c.algorithm, mixing_scheme=c.mixing, sync_mode=c.sync,
@@ -157,15 +152,18 @@ def build(c: ml_collections.ConfigDict) -> tuple[simulation.Simulator, data_lib.
         dropouts=c.dropout_prob > 0, time_varying=c.topology if c.time_varying else "",
         max_delay=c.delay_rounds, delay_mode=c.delay_mode,
         momentum_after_consensus=c.momentum_after_consensus,
-        local_epochs=c.local_epochs, batch_size=c.batch_size,
-        device_block=resolve_device_block(c.device_block))
+        local_epochs=c.local_epochs, batch_size=c.batch_size, local_steps=c.local_steps,
+        compressor=c.compressor, compress_ratio=c.compress_ratio, qsgd_bits=c.qsgd_bits,
+        device_block=resolve_device_block(c.device_block), diameter=diameter)
     if c.shard:
         if c.distributed:   # multi-host (e.g. a TPU pod slice): every host runs this program
             jax.distributed.initialize()
         sim.shard(sharding.make_mesh())
     info: dict[str, Any] = {"partition": stats, "diameter": sim.diameter,
                             "consensus_backend": sim.backend, "data_source": ds.source,
-                            "num_edges": int(adj.sum() // 2)}
+                            "num_edges": int((adj | adj.T).sum() // 2),
+                            "algorithm": sim.algorithm, "mixing": sim.spec.scheme,
+                            "message_bytes": sim.message_bytes}
     if sim.mixing_matrix is not None and adj.shape[0] <= 2000:
         info.update({k: float(v) for k, v in mixing.spectral_info(sim.mixing_matrix).items()})
     return sim, ds, info
@@ -176,7 +174,7 @@ def hparams(c: ml_collections.ConfigDict) -> simulation.HParams:
     return simulation.make_hparams(
         c.learning_rate, c.momentum, c.link_failure_prob, dropout_prob=c.dropout_prob,
         link_burst_prob=c.link_burst_prob, link_burst_failure_prob=c.link_burst_failure_prob,
-        graph_radius=c.graph_radius, graph_p=c.graph_p)
+        graph_radius=c.graph_radius, graph_p=c.graph_p, consensus_step=c.consensus_step)
 
 
 def _check_workdir(workdir: str) -> None:

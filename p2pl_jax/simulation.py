@@ -1,21 +1,19 @@
 """The simulator: SimState, the jitted round, initialisation with max norm sync.
 
 Every device's parameters and optimizer (momentum) state are stacked on a leading device axis
-[N, ...]. One round (P2PL, "Each round k"):
-  1. local phase  - vmapped `local_update` (E epochs of SGD-momentum, lax.scan over batches);
-  2. consensus    - theta_n <- sum_{m in closed nbhd_k(n)} w_nm(k) theta_m, one mixing product;
-  3. momentum     - kept, reset to zero, or mixed like theta.
-Link failures are sampled inside the round from the round key; the weights W(k) are recomputed
-on the surviving graph. Algorithms share this machinery:
-  p2pl        consensus with the chosen weights over the (failing) graph;
-  fedavg      consensus is the server's data-size weighted global average (W = 1 pi^T), over the
-              devices online this round when devices drop out (partial participation);
-  local       no consensus; centralized is `local` with one device holding all the data.
-Device dropouts apply to p2pl, fedavg and local; link failures, delays and time-varying graphs
-to p2pl only.
+[N, ...]. One round reads the same for every algorithm (p2pl_jax/algorithms/, one record each):
+  1. local phase  - vmapped `local_update` from the algorithm's train point (E epochs or T
+                    steps of SGD-momentum, lax.scan over batches), with its gradient correction;
+  2. faults       - dropouts mask the local phase; the round's graph (time-varying, link
+                    failures, bursts, dropouts) and its row- or column-stochastic weights;
+  3. communicate  - the algorithm's `communicate` (one mixing product, on the stacked pytree);
+  4. metrics      - training loss, links and devices up, messages sent and delivered.
+Which faults are compiled in follows from the algorithm's static facts (algorithms.check_config
+refuses the rest), so the round holds no algorithm names.
 
-The round is a pure function `round_step(state, arrays, hp, spec)`; `Simulator` binds the
-arrays and jits it with the state donated.
+The round is a pure function `round_step(state, arrays, hp, spec)`. Host-side set-up is done by
+functions that return data (`data_layout`, `graph_lists`, `static_weights`, `graph_diameter`);
+`Simulator` binds their results and jits the round with the state donated.
 """
 
 import dataclasses
@@ -32,12 +30,12 @@ import jax.numpy as jnp
 import networkx as nx
 import numpy as np
 
-from p2pl_jax import consensus, graphs, mixing, network, rng, sync
+from p2pl_jax import algorithms, consensus, graphs, mixing, network, rng, sync
 from p2pl_jax.local_update import make_local_update, make_optimizer
 from p2pl_jax.models import init_params
 
 DIAMETER_MAX_N = 2000
-ALGORITHMS = ("p2pl", "fedavg", "local", "centralized")
+ALGORITHMS = algorithms.ALGORITHMS
 MOMENTUM_AFTER_CONSENSUS = ("keep", "reset", "mix")
 
 
@@ -48,7 +46,11 @@ class SimState:
     params, opt_state: every device's model and optax.sgd state, leaves [N, ...].
     round: int32 scalar, rounds completed. rng: the root key (uint32 [2]).
     history: with message delays, what every device sent in the last D + 1 rounds, leaves
-      [D + 1, N, ...] (history[d] = d rounds ago); None otherwise.
+      [D + 1, N, ...] (history[d] = d rounds ago); None otherwise (the round's fault state).
+    aux: the algorithm's own state (see algorithms/base.py), e.g. push-sum weights [N].
+    comm: cumulative message counters, int32: sent [N] and delivered [N] (per sender) and
+      server [] (FedAvg's broadcasts); bytes are these counts times the algorithm's message
+      size (computed on the host, exactly).
     """
 
     params: Any
@@ -56,6 +58,8 @@ class SimState:
     round: jax.Array
     rng: jax.Array
     history: Any = None
+    aux: Any = None
+    comm: Any = None
 
 
 @flax.struct.dataclass
@@ -70,6 +74,7 @@ class HParams:
     link_burst_failure_prob: jax.Array = 0.0
     graph_radius: jax.Array = 0.0
     graph_p: jax.Array = 0.0
+    consensus_step: jax.Array = 1.0
 
 
 @flax.struct.dataclass
@@ -82,6 +87,10 @@ class Arrays:
       time-varying graphs, of the complete graph (the round's graph is a mask over them).
     weights [N, K]: the static graph's mixing weights; w_dense [N, N] the same as a matrix
     (only for the dense backend); pi [N]: data-size average weights (fedavg / global backend).
+    rev [N, K] (column-stochastic algorithms only): rev[n, k] = the column of n in the list of
+    idx[n, k] (0 on self and padding), to read what a sender gives each receiver.
+    For directed graphs the lists are those of the undirected union and `valid` marks the
+    entries n <- idx[n, k] that are edges.
     """
 
     x: jax.Array
@@ -94,6 +103,7 @@ class Arrays:
     weights: jax.Array
     w_dense: jax.Array
     pi: jax.Array
+    rev: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +123,10 @@ class Spec:
     time_varying: str = ""     # "" or a kind in network.TIME_VARYING, drawn each round
     max_delay: int = 0         # D: messages arrive up to D rounds late (0: no delays)
     delay_mode: str = "fixed"  # fixed (all D) | random (uniform on 0..D per link per round)
+    local_steps: int = 0       # T > 0: T local steps per round instead of local epochs
+    compressor: str = "none"   # choco: compression.COMPRESSORS
+    compress_ratio: float = 0.01
+    qsgd_bits: int = 4
 
     @property
     def dynamic(self) -> bool:
@@ -120,24 +134,18 @@ class Spec:
         return self.link_failures or self.dropouts or bool(self.time_varying)
 
 
-def _mix(spec: Spec, arrays: Arrays, w: jax.Array, tree):
-    if spec.backend == "global":
-        return consensus.mix_global(arrays.pi, tree)
-    if spec.backend == "dense":
-        n = arrays.idx.shape[0]
-        w_dense = mixing.dense_from_lists(arrays.idx, w, n) if spec.dynamic else arrays.w_dense
-        return consensus.mix_dense(w_dense, tree)
-    return consensus.mix_gather(arrays.idx, w, tree)
-
-
 def _round_graph(spec: Spec, arrays: Arrays, hp: HParams, key: jax.Array,
-                 alive: jax.Array | None) -> jax.Array:
-    """bool [N, K]: the neighbour-list entries that carry a message this round."""
+                 round_index: jax.Array, alive: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """(offered, valid) bool [N, K]: the entries of the round's graph whose sender is online
+    (a message is sent on each), and those whose message arrives (link up, both ends online)."""
     valid = arrays.valid
-    if spec.time_varying:
+    if spec.time_varying == "exponential":
+        valid = valid & network.exponential_peer_mask(arrays.idx, round_index)
+    elif spec.time_varying:
         valid = valid & network.random_graph_mask(rng.graph_key(key), arrays.idx,
                                                   spec.time_varying, hp.graph_radius,
                                                   hp.graph_p)
+    offered = valid if alive is None else valid & alive[arrays.idx]
     if spec.link_failures:
         prob = hp.link_failure_prob
         if spec.bursts:
@@ -147,85 +155,205 @@ def _round_graph(spec: Spec, arrays: Arrays, hp: HParams, key: jax.Array,
                                         spec.num_edges, prob, spec.link_mode)
     if alive is not None:
         valid = network.drop_devices(arrays.idx, valid, alive)
-    return valid
+    return offered, valid
 
 
 def participation_weights(pi: jax.Array, alive: jax.Array) -> jax.Array:
-    """FedAvg's average over the online devices: pi restricted to `alive`, renormalised
-    (pi itself if no device is online: nobody trained, so every model is unchanged)."""
-    up = jnp.where(alive, pi, 0.0)
-    total = up.sum()
-    return jnp.where(total > 0, up / jnp.where(total > 0, total, 1.0), pi)
+    """FedAvg's average over the online devices (see algorithms/fedavg.py)."""
+    return algorithms.fedavg.participation_weights(pi, alive)
+
+
+def _round_weights(kind: str, scheme: str, arrays: Arrays, valid: jax.Array) -> jax.Array:
+    if kind == "column":
+        return mixing.column_weights(arrays.idx, valid, arrays.rev, arrays.sizes, scheme)
+    return mixing.neighbour_weights(arrays.idx, valid, arrays.sizes, scheme)
+
+
+def _per_sender(idx: jax.Array, entries: jax.Array) -> jax.Array:
+    """int32 [N]: how many of the non-self entries of each sender are True."""
+    n = idx.shape[0]
+    return jnp.zeros((n,), jnp.int32).at[idx[:, 1:]].add(entries[:, 1:].astype(jnp.int32))
+
+
+def _local_phase(spec: Spec, local_update: Callable, start, opt_state, corr, arrays: Arrays,
+                 hp: HParams, key: jax.Array):
+    n = arrays.sizes.shape[0]
+    per_device = (start, opt_state, arrays.offsets, arrays.sizes, rng.local_keys(key, n))
+    if corr is not None:
+        per_device = per_device + (corr,)
+    one = lambda a: local_update(*a[:5], hp.learning_rate, hp.momentum, arrays.x, arrays.y,
+                                 *a[5:])
+    if spec.device_block and spec.device_block < n:
+        # Blocks of devices one after another (vmap inside a block): same maths, but a
+        # block's parameters, momentum and gradients stay in cache for the whole epoch.
+        return jax.lax.map(one, per_device, batch_size=spec.device_block)
+    return jax.vmap(one)(per_device)
 
 
 def round_step(state: SimState, arrays: Arrays, hp: HParams, *, spec: Spec,
                local_update: Callable, return_local: bool = False):
     """One round for all devices. Returns (new state, metrics dict of scalars [, local params]).
 
-    Takes and returns [N, ...] pytrees (state.params, state.opt_state).
+    Takes and returns [N, ...] pytrees (state.params, state.opt_state, state.aux).
     """
+    algo = algorithms.get(spec.algorithm)
     n = arrays.sizes.shape[0]
     key = rng.round_key(state.rng, state.round)
-    per_device = (state.params, state.opt_state, arrays.offsets, arrays.sizes,
-                  rng.local_keys(key, n))
-    one = lambda a: local_update(*a, hp.learning_rate, hp.momentum, arrays.x, arrays.y)
-    if spec.device_block and spec.device_block < n:
-        # Blocks of devices one after another (vmap inside a block): same maths, but a
-        # block's parameters, momentum and gradients stay in cache for the whole epoch.
-        params, opt_state, loss = jax.lax.map(one, per_device, batch_size=spec.device_block)
-    else:
-        params, opt_state, loss = jax.vmap(one)(per_device)
+    aux = {} if state.aux is None else state.aux
+    start = algo.train_point(state.params, aux)
+    corr = algo.correction(aux) if algo.correction is not None else None
+    local, opt_state, loss, mean_grad = _local_phase(spec, local_update, start,
+                                                     state.opt_state, corr, arrays, hp, key)
 
     alive = None
     devices_up = jnp.ones((), jnp.float32)
     if spec.dropouts:   # an offline device neither trains nor sends nor receives
         alive = network.devices_alive(rng.dropout_key(key), n, hp.dropout_prob)
-        keep = lambda new, old: jnp.where(alive.reshape((n,) + (1,) * (new.ndim - 1)), new, old)
-        params = jax.tree.map(keep, params, state.params)
+        on = lambda leaf: alive.reshape((n,) + (1,) * (leaf.ndim - 1))
+        keep = lambda new, old: jnp.where(on(new), new, old)
+        local = jax.tree.map(keep, local, start)
         opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+        if mean_grad is not None:
+            mean_grad = jax.tree.map(lambda g: jnp.where(on(g), g, 0.0), mean_grad)
         loss = jnp.where(alive, loss, 0.0) * n / jnp.maximum(alive.sum(), 1)
         devices_up = jnp.mean(alive.astype(jnp.float32))
 
-    local_params = params
-    history = state.history
     links_up = jnp.ones((), jnp.float32)
-    if spec.algorithm == "fedavg":
-        # The server averages the models of the devices that were online, weighted by data
-        # size, and every device holds the result (an offline one receives it when it is
-        # next online, before it trains again).
-        pi = arrays.pi if alive is None else participation_weights(arrays.pi, alive)
-        params = consensus.mix_global(pi, params)
-        if spec.momentum_after_consensus == "mix":
-            opt_state = consensus.mix_global(pi, opt_state)
-        elif spec.momentum_after_consensus == "reset":
-            opt_state = jax.tree.map(jnp.zeros_like, opt_state)
-    elif spec.algorithm == "p2pl":
-        w = arrays.weights
+    w = arrays.weights
+    zeros = jnp.zeros((n,), jnp.int32)
+    sent, delivered, server = zeros, zeros, jnp.zeros((), jnp.int32)
+    if algo.uses_graph:
+        offered, valid_k = arrays.valid, arrays.valid
         if spec.dynamic:
-            valid_k = _round_graph(spec, arrays, hp, key, alive)
-            w = mixing.neighbour_weights(arrays.idx, valid_k, arrays.sizes, spec.scheme)
+            offered, valid_k = _round_graph(spec, arrays, hp, key, state.round, alive)
+            w = _round_weights(algo.weights, spec.scheme, arrays, valid_k)
             links_up = network.links_up_fraction(arrays.valid, valid_k)
-        if spec.max_delay:
-            history = jax.tree.map(lambda h, p: jnp.concatenate([p[None], h[:-1]]),
-                                   history, params)
-            delays = network.sample_delays(rng.delay_key(key), arrays.idx.shape,
-                                           spec.max_delay, spec.delay_mode)
-            params = consensus.mix_delayed(arrays.idx, w, delays, history, params)
-        else:
-            params = _mix(spec, arrays, w, params)
-        if spec.momentum_after_consensus == "mix":
-            opt_state = _mix(spec, arrays, w, opt_state)
-        elif spec.momentum_after_consensus == "reset":
-            opt_state = jax.tree.map(jnp.zeros_like, opt_state)
+        sent, delivered = _per_sender(arrays.idx, offered), _per_sender(arrays.idx, valid_k)
+    elif algo.weights == "server":   # one upload per online device, one broadcast to each
+        up = jnp.ones((n,), bool) if alive is None else alive
+        sent = delivered = up.astype(jnp.int32)
+        server = jnp.sum(sent)
+    rnd = algorithms.Round(spec=spec, arrays=arrays, hp=hp, key=key, w=w,
+                           alive=jnp.ones((n,), bool) if alive is None else alive,
+                           dynamic=spec.dynamic, history=state.history)
+    out = algo.communicate(rnd, state.params,
+                           aux, algorithms.LocalResult(start=start, local=local,
+                                                       opt_state=opt_state,
+                                                       mean_grad=mean_grad))
+    params, opt_state, aux = out[:3]
+    history = out[3] if len(out) > 3 else state.history
+    comm = state.comm
+    if comm is not None:
+        comm = {"sent": comm["sent"] + sent, "delivered": comm["delivered"] + delivered,
+                "server": comm["server"] + server}
     new_state = state.replace(params=params, opt_state=opt_state, round=state.round + 1,
-                              history=history)
+                              history=history, aux=aux if state.aux is not None else None,
+                              comm=comm)
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf))
                                 for leaf in jax.tree.leaves(params)]))
     metrics = {"train_loss": jnp.mean(loss), "links_up": links_up, "devices_up": devices_up,
-               "params_finite": finite}
+               "params_finite": finite, "messages_sent": jnp.sum(sent) + server,
+               "messages_delivered": jnp.sum(delivered) + server,
+               "messages_sent_max": jnp.max(sent)}
     if return_local:
-        return new_state, metrics, local_params
+        return new_state, metrics, local
     return new_state, metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphLists:
+    """Host-side neighbour lists of the round (numpy), from `graph_lists`.
+
+    idx, valid, edge_id [N, K]: as in Arrays; num_edges: undirected pairs (link failures);
+    sync_idx, sync_valid: the static graph's lists (max norm sync of phase 0).
+    """
+
+    idx: np.ndarray
+    valid: np.ndarray
+    edge_id: np.ndarray
+    num_edges: int
+    sync_idx: np.ndarray
+    sync_valid: np.ndarray
+
+
+def data_layout(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, offsets, sizes): the data rows in device order, and each device's slice."""
+    sizes = np.array([len(p) for p in parts], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    return np.concatenate(parts), offsets, sizes
+
+
+def graph_lists(adj: np.ndarray, time_varying: str = "") -> GraphLists:
+    """Neighbour lists of a (possibly directed, adj[n, m] = n receives from m) adjacency.
+
+    Directed graphs use the lists of the undirected union with `valid` marking the directed
+    edges. A random time-varying graph uses the complete graph's lists (its round graph is a
+    mask over them); the one-peer exponential graph masks the static exponential graph's.
+    """
+    adj = np.asarray(adj, bool)
+    union = adj | adj.T
+    static = graphs.neighbour_lists(union)
+    rows = np.arange(adj.shape[0])[:, None]
+    valid = static.valid & adj[rows, static.idx]
+    valid[:, 0] = True
+    num_edges = int(union.sum() // 2)
+    if time_varying and time_varying != "exponential":
+        n = adj.shape[0]
+        idx, edge_id = network.complete_lists(n)
+        return GraphLists(idx=idx, valid=np.ones(idx.shape, bool), edge_id=edge_id,
+                          num_edges=n * n, sync_idx=static.idx, sync_valid=valid)
+    return GraphLists(idx=static.idx, valid=valid, edge_id=static.edge_id,
+                      num_edges=num_edges, sync_idx=static.idx, sync_valid=valid)
+
+
+def reverse_positions(idx: np.ndarray) -> np.ndarray:
+    """int32 [N, K]: rev[n, k] = the column j with idx[idx[n, k], j] == n (0 on self and
+    padding), for lists of an undirected structure (every neighbour lists n back)."""
+    n, k = idx.shape
+    cols = np.broadcast_to(np.arange(k), idx.shape)
+    real = (cols > 0) & (idx != np.arange(n)[:, None])
+    keys = (np.arange(n)[:, None] * n + idx)[real]
+    order = np.argsort(keys, kind="stable")
+    sorted_keys, sorted_cols = keys[order], cols[real][order]
+    query = idx.astype(np.int64) * n + np.arange(n)[:, None]
+    pos = np.clip(np.searchsorted(sorted_keys, query), 0, max(len(sorted_keys) - 1, 0))
+    found = real & (sorted_keys[pos] == query) if len(sorted_keys) else np.zeros_like(real)
+    return np.where(found, sorted_cols[pos] if len(sorted_keys) else 0, 0).astype(np.int32)
+
+
+def static_weights(kind: str, adj: np.ndarray, lists: GraphLists, sizes: np.ndarray,
+                   scheme: str, rev: np.ndarray | None = None):
+    """(weights [N, K] float32 on the lists, dense float64 [N, N] W) of the static graph.
+
+    kind "row": the scheme's row-stochastic W; "column": its column-stochastic form (each
+    sender splits its mass as the scheme would weight its out-neighbourhood), W = scheme on the
+    reversed graph, transposed.
+    """
+    idx, valid = jnp.asarray(lists.sync_idx), jnp.asarray(lists.sync_valid)
+    sizes_j = jnp.asarray(sizes, jnp.float32)
+    if kind == "column":
+        weights = mixing.column_weights(idx, valid, jnp.asarray(rev), sizes_j, scheme)
+        dense = mixing.mixing_matrix(np.asarray(adj).T, sizes, scheme).T
+    else:
+        weights = mixing.neighbour_weights(idx, valid, sizes_j, scheme)
+        dense = mixing.mixing_matrix(adj, sizes, scheme)
+    return np.asarray(weights, np.float32), dense
+
+
+def graph_diameter(adj: np.ndarray) -> int | None:
+    """The diameter max norm sync needs (directed: along the edges), or None when it is not
+    computed: above DIAMETER_MAX_N devices (networkx's all-pairs BFS costs minutes at 10^4), or
+    a directed graph that is not strongly connected (sync then runs to its fixed point)."""
+    adj = np.asarray(adj, bool)
+    n = adj.shape[0]
+    if n == 1:
+        return 0
+    if n > DIAMETER_MAX_N:
+        return None
+    if np.array_equal(adj, adj.T):
+        return graphs.diameter(nx.from_numpy_array(adj))
+    g = nx.from_numpy_array(adj.T.astype(np.int8), create_using=nx.DiGraph)  # m -> n edges
+    return nx.diameter(g) if nx.is_strongly_connected(g) else None
 
 
 class Simulator:
@@ -234,104 +362,122 @@ class Simulator:
     Args:
       model: a Flax module for one device.
       x, y: training data [T, ...], [T]; parts: one index array into x per device.
-      adj: bool [N, N] adjacency of the static graph (ignored by fedavg/local/centralized;
-        with a time-varying graph, the graph of phase 0 only).
-      algorithm, mixing_scheme, sync_mode, backend, link_mode, momentum_after_consensus: as in
-        the config reference.
+      adj: bool [N, N] adjacency of the static graph, adj[n, m] = n receives from m (may be
+        directed; ignored by fedavg/local/centralized; with a time-varying graph, the graph of
+        phase 0 only).
+      algorithm (algorithms.ALGORITHMS), mixing_scheme ("auto" = the algorithm's default),
+        sync_mode, backend, link_mode, momentum_after_consensus: as in the config reference.
       link_failures: compile link-failure sampling into the round (needed when p > 0 or swept);
         link_bursts: and per-round bursts. dropouts: compile device dropouts.
       time_varying: "" or a kind in network.TIME_VARYING: draw a fresh graph every round.
       max_delay, delay_mode: late messages (0: none). Memory: max_delay + 1 extra copies of
         every device's parameters.
-      local_epochs, batch_size: the local phase.
+      Faults the algorithm does not take are not compiled (runner.validate refuses them).
+      local_epochs, batch_size, local_steps: the local phase (local_steps > 0: T steps).
+      compressor, compress_ratio, qsgd_bits: choco's compression.
       device_block: 0 vmaps the local phase over all devices at once (best on accelerators);
         k > 0 runs blocks of k devices one after another (lax.map), which keeps each block's
         working set in cache (faster on CPU). The result is the same.
+      diameter: "auto" computes it (graph_diameter); an int or None skips networkx.
     """
 
     def __init__(self, *, model: nn.Module, x: np.ndarray, y: np.ndarray,
                  parts: list[np.ndarray], adj: np.ndarray, algorithm: str = "p2pl",
-                 mixing_scheme: str = "data_size", sync_mode: str = "max_norm",
+                 mixing_scheme: str = "auto", sync_mode: str = "max_norm",
                  backend: str = "auto", link_failures: bool = False,
                  link_mode: str = "symmetric", link_bursts: bool = False,
                  dropouts: bool = False, time_varying: str = "", max_delay: int = 0,
                  delay_mode: str = "fixed", momentum_after_consensus: str = "keep",
-                 local_epochs: int = 1, batch_size: int = 10, device_block: int = 0):
+                 local_epochs: int = 1, batch_size: int = 10, device_block: int = 0,
+                 local_steps: int = 0, compressor: str = "none", compress_ratio: float = 0.01,
+                 qsgd_bits: int = 4, diameter: int | None | str = "auto"):
         self.model = model
         self.num_devices = n = len(parts)
         self.input_shape = tuple(x.shape[1:])
-        sizes = np.array([len(p) for p in parts], np.int64)
-        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        rows = np.concatenate(parts)
-        self.sync_mode = "shared_seed" if algorithm in ("fedavg", "centralized") else sync_mode
-        if algorithm == "p2pl" and mixing_scheme == "fedavg":
-            algorithm = "fedavg"   # W = 1 pi^T: the server average
+        rows, offsets, sizes = data_layout(parts)
+        algorithm, mixing_scheme = algorithms.resolve(algorithm, mixing_scheme)
+        algo = self.algorithm_record = algorithms.get(algorithm)
         self.algorithm = algorithm
-        if algorithm != "p2pl":   # link faults act on P2PL's graph only (runner.validate
-            link_failures = link_bursts = False   # rejects them for other algorithms)
-            time_varying, max_delay = "", 0
-        if algorithm == "centralized":
-            dropouts = False
+        self.sync_mode = algo.sync or sync_mode
+        faults = algo.faults
+        link_failures = bool(link_failures or link_bursts) and "link_failures" in faults
+        link_bursts = bool(link_bursts) and "bursts" in faults
+        dropouts = bool(dropouts) and "dropouts" in faults
+        time_varying = time_varying if "time_varying" in faults else ""
+        max_delay = int(max_delay) if "delays" in faults else 0
         self.adj = np.asarray(adj, bool)
-        # The diameter (networkx, all-pairs BFS) costs minutes at N = 10^4: above
-        # DIAMETER_MAX_N it is not computed (None) and max norm sync runs to its fixed point.
-        self.diameter = (graphs.diameter(nx.from_numpy_array(self.adj)) if 1 < n <= DIAMETER_MAX_N
-                         else (0 if n == 1 else None))
-        static = graphs.neighbour_lists(self.adj)
-        self._sync_lists = (static.idx, static.valid)
-        if time_varying:
-            idx, edge_id = network.complete_lists(n)
-            valid = np.ones(idx.shape, bool)
-            num_edges = n * n
-        else:
-            idx, valid, edge_id = static.idx, static.valid, static.edge_id
-            num_edges = int(self.adj.sum() // 2)
+        self.diameter = graph_diameter(self.adj) if diameter == "auto" else diameter
+        lists = graph_lists(self.adj, time_varying)
+        self._sync_lists = (lists.sync_idx, lists.sync_valid)
         pi = sizes / sizes.sum()
         dynamic = link_failures or dropouts or bool(time_varying)
-        if algorithm == "p2pl":
-            weights = np.asarray(mixing.neighbour_weights(
-                jnp.asarray(static.idx), jnp.asarray(static.valid),
-                jnp.asarray(sizes, jnp.float32), mixing_scheme))
-            w_dense_np = mixing.mixing_matrix(self.adj, sizes, mixing_scheme)
-            if time_varying:
-                weights = np.zeros(idx.shape, np.float32)
-            resolved = consensus.choose_backend(backend, n, idx.shape[1])
+        rev = np.zeros((1, 1), np.int32)
+        self.mixing_matrix = None   # the static graph's dense float64 W (graph algorithms)
+        if algo.uses_graph:
+            if algo.weights == "column":
+                rev = reverse_positions(lists.idx)
+                sync_rev = rev if lists.idx is lists.sync_idx else reverse_positions(
+                    lists.sync_idx)
+            else:
+                sync_rev = None
+            weights, w_dense_np = static_weights(algo.weights, self.adj, lists, sizes,
+                                                 mixing_scheme, sync_rev)
+            self.mixing_matrix = w_dense_np
+            if time_varying and time_varying != "exponential":
+                weights = np.zeros(lists.idx.shape, np.float32)
+            resolved = consensus.choose_backend(backend, n, lists.idx.shape[1])
             if (backend == "auto" and not dynamic and not max_delay
                     and np.all(w_dense_np == w_dense_np[:1])):
                 resolved, pi = "global", w_dense_np[0]   # identical rows: one average, broadcast
         else:
-            weights = np.zeros(idx.shape, np.float32)
+            weights = np.zeros(lists.idx.shape, np.float32)
             w_dense_np = np.zeros((1, 1))
-            resolved = "global" if algorithm == "fedavg" else "none"
+            resolved = "global" if algo.weights == "server" else "none"
         self.backend = resolved
         self.spec = Spec(algorithm=algorithm, scheme=mixing_scheme, backend=resolved,
-                         link_failures=bool(link_failures or link_bursts), link_mode=link_mode,
-                         num_edges=num_edges,
+                         link_failures=link_failures, link_mode=link_mode,
+                         num_edges=lists.num_edges,
                          momentum_after_consensus=momentum_after_consensus,
-                         device_block=int(device_block), dropouts=bool(dropouts),
-                         bursts=bool(link_bursts), time_varying=time_varying,
-                         max_delay=int(max_delay), delay_mode=delay_mode)
-        # The static graph's dense float64 W (P2PL only; None otherwise), e.g. for its spectrum.
-        self.mixing_matrix = w_dense_np if algorithm == "p2pl" else None
+                         device_block=int(device_block), dropouts=dropouts,
+                         bursts=link_bursts, time_varying=time_varying,
+                         max_delay=max_delay, delay_mode=delay_mode,
+                         local_steps=int(local_steps), compressor=compressor,
+                         compress_ratio=float(compress_ratio), qsgd_bits=int(qsgd_bits))
         w_dense = w_dense_np if (resolved == "dense" and not dynamic) else np.zeros((1, 1))
         self.arrays = Arrays(
             x=jnp.asarray(x[rows]), y=jnp.asarray(y[rows], jnp.int32),
             offsets=jnp.asarray(offsets, jnp.int32), sizes=jnp.asarray(sizes, jnp.int32),
-            idx=jnp.asarray(idx), valid=jnp.asarray(valid), edge_id=jnp.asarray(edge_id),
-            weights=jnp.asarray(weights, jnp.float32),
-            w_dense=jnp.asarray(w_dense, jnp.float32), pi=jnp.asarray(pi, jnp.float32))
-        self.local_update = make_local_update(model.apply, max_size=int(sizes.max()),
-                                              batch_size=batch_size, local_epochs=local_epochs)
+            idx=jnp.asarray(lists.idx), valid=jnp.asarray(lists.valid),
+            edge_id=jnp.asarray(lists.edge_id), weights=jnp.asarray(weights, jnp.float32),
+            w_dense=jnp.asarray(w_dense, jnp.float32), pi=jnp.asarray(pi, jnp.float32),
+            rev=jnp.asarray(rev))
+        local_key = dict(max_size=int(sizes.max()), batch_size=batch_size,
+                         local_epochs=local_epochs, local_steps=int(local_steps),
+                         min_size=int(sizes.min()) if local_steps else 1,
+                         with_correction=algo.correction is not None,
+                         return_mean_grad=algo.needs_mean_grad)
+        self.local_update = make_local_update(model.apply, **local_key)
         self.round_fn = partial(round_step, spec=self.spec, local_update=self.local_update)
         self._round = jax.jit(self.round_fn, donate_argnums=0)
         self._round_with_local = jax.jit(partial(self.round_fn, return_local=True),
                                          donate_argnums=0)
         self._init_static = dict(model=model, input_shape=self.input_shape, num_devices=n,
                                  sync_mode=self.sync_mode, diameter=self.diameter,
-                                 max_delay=self.spec.max_delay)
+                                 max_delay=self.spec.max_delay, algorithm=algorithm)
         self._sharded_init = None
+        self._eval_params = jax.jit(lambda st: algo.eval_params(st.params, st.aux))
+        self._leaf_sizes = None
         # What the compiled local phase depends on (sweeps group replicas by it).
-        self.local_update_key = (model, int(sizes.max()), batch_size, local_epochs)
+        self.local_update_key = (model, tuple(sorted(local_key.items())))
+
+    @property
+    def message_bytes(self) -> int:
+        """Bytes of one message of this run's algorithm (per link, or per upload/broadcast)."""
+        if self._leaf_sizes is None:
+            one = jax.eval_shape(lambda: init_params(self.model, jax.random.PRNGKey(0),
+                                                     self.input_shape))
+            self._leaf_sizes = tuple(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(one))
+        return int(self.algorithm_record.message_bytes(self._leaf_sizes, self.spec))
 
     def init_state(self, root: jax.Array) -> SimState:
         """The state before round 1 from root key `root` (traceable; see `init`)."""
@@ -383,8 +529,11 @@ class Simulator:
         return time.perf_counter() - t0
 
     def eval_params(self, state: SimState):
-        """The [N, ...] parameters a device is evaluated with (the algorithm's `eval_params`)."""
-        return state.params
+        """The [N, ...] parameters a device is evaluated with (the algorithm's `eval_params`:
+        push-sum evaluates x / w); state.params itself for algorithms that evaluate x."""
+        if self.algorithm_record.eval_params is algorithms.base.identity_params:
+            return state.params
+        return self._eval_params(state)
 
     def step(self, state: SimState, hp: HParams, *, return_local: bool = False):
         """Runs one jitted round (the state's buffers are donated)."""
@@ -394,7 +543,7 @@ class Simulator:
 
 
 def _init_state(root, sync_idx, sync_valid, *, model, input_shape, num_devices, sync_mode,
-                diameter, max_delay) -> SimState:
+                diameter, max_delay, algorithm: str = "p2pl") -> SimState:
     n = num_devices
     init_one = lambda key: init_params(model, key, input_shape)
     if sync_mode == "shared_seed":
@@ -412,8 +561,11 @@ def _init_state(root, sync_idx, sync_valid, *, model, input_shape, num_devices, 
     if max_delay:   # before round 1 every slot holds the initial parameters
         history = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (max_delay + 1, *leaf.shape)),
                                params)
+    zeros = jnp.zeros((n,), jnp.int32)
     return SimState(params=params, opt_state=opt_state, round=jnp.zeros((), jnp.int32),
-                    rng=root, history=history)
+                    rng=root, history=history, aux=algorithms.get(algorithm).init(params),
+                    comm={"sent": zeros, "delivered": zeros,
+                          "server": jnp.zeros((), jnp.int32)})
 
 
 @functools.lru_cache(maxsize=64)
@@ -425,11 +577,12 @@ def _jitted_init(**static) -> Callable:
 def make_hparams(learning_rate: float, momentum: float, link_failure_prob: float = 0.0, *,
                  dropout_prob: float = 0.0, link_burst_prob: float = 0.0,
                  link_burst_failure_prob: float = 0.0, graph_radius: float = 0.0,
-                 graph_p: float = 0.0) -> HParams:
+                 graph_p: float = 0.0, consensus_step: float = 1.0) -> HParams:
     """HParams as float32 arrays."""
     f = lambda v: jnp.asarray(v, jnp.float32)
     return HParams(learning_rate=f(learning_rate), momentum=f(momentum),
                    link_failure_prob=f(link_failure_prob), dropout_prob=f(dropout_prob),
                    link_burst_prob=f(link_burst_prob),
                    link_burst_failure_prob=f(link_burst_failure_prob),
-                   graph_radius=f(graph_radius), graph_p=f(graph_p))
+                   graph_radius=f(graph_radius), graph_p=f(graph_p),
+                   consensus_step=f(consensus_step))

@@ -6,6 +6,7 @@ import pytest
 
 from p2pl_jax.errors import ConfigError
 from p2pl_jax.graphs import (
+    DIRECTED,
     TOPOLOGIES,
     adjacency,
     diameter,
@@ -29,7 +30,7 @@ def edgefile(tmp_path):
     return write
 
 
-@pytest.mark.parametrize("topology", TOPOLOGIES)
+@pytest.mark.parametrize("topology", [t for t in TOPOLOGIES if t not in DIRECTED])
 @pytest.mark.parametrize("n", [6, 12])
 def test_every_topology_builds(topology, n, edgefile):
     kw = dict(KW.get(topology, {}))
@@ -149,3 +150,27 @@ def test_errors(edgefile, tmp_path):
         make_graph("edgelist", 4, edgelist_path=edgefile("0 1\n1 4\n"))
     with pytest.raises(ConfigError, match="self loop"):
         make_graph("edgelist", 4, edgelist_path=edgefile("0 1\n2 2\n"))
+
+
+@pytest.mark.parametrize("n", [2, 5, 8, 13])
+def test_exponential_graph_is_i_to_i_plus_powers_of_two(n):
+    """By hand: i sends to i + 1, i + 2, i + 4, ... (< N) mod N; adj is receiver-major."""
+    g = make_graph("exponential", n)
+    assert g.is_directed() and nx.is_strongly_connected(g)
+    want = np.zeros((n, n), bool)
+    for i in range(n):
+        hop = 1
+        while hop < n:
+            want[(i + hop) % n, i] = True   # receiver (i + hop) hears sender i
+            hop *= 2
+    np.fill_diagonal(want, False)
+    assert np.array_equal(adjacency(g), want)
+
+
+def test_directed_edgelist_keeps_direction_and_must_be_strongly_connected(edgefile):
+    ring = edgefile("0 1\n1 2\n2 0\n")
+    adj = adjacency(make_graph("edgelist", 3, edgelist_path=ring, directed=True))
+    assert adj[1, 0] and adj[2, 1] and adj[0, 2] and not adj[0, 1]
+    chain = edgefile("0 1\n1 2\n")
+    with pytest.raises(ConfigError, match="strongly connected"):
+        make_graph("edgelist", 3, edgelist_path=chain, directed=True)
