@@ -12,11 +12,11 @@ import itertools
 import math
 import platform
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from p2pl_jax import writers
 from p2pl_jax.metrics import Evaluator, summarize
@@ -50,6 +50,23 @@ def _floats(round_metrics) -> dict:
     return {k: float(v) for k, v in jax.device_get(round_metrics).items()}
 
 
+def communication(round_metrics: dict, comm, message_bytes: int) -> dict:
+    """A record's byte counts (exact integers): this round's bytes_sent (every device, and for
+    FedAvg the server's broadcasts), bytes_sent_max (the busiest device), bytes_delivered;
+    with the state's cumulative counters `comm`, also bytes_cum, bytes_cum_max (the busiest
+    device since round 1) and bytes_delivered_cum. Bytes = messages x message_bytes."""
+    out = {"bytes_sent": int(round_metrics["messages_sent"]) * message_bytes,
+           "bytes_sent_max": int(round_metrics["messages_sent_max"]) * message_bytes,
+           "bytes_delivered": int(round_metrics["messages_delivered"]) * message_bytes}
+    if comm is not None:
+        sent, got, server = (np.asarray(jax.device_get(comm[k]), np.int64)
+                             for k in ("sent", "delivered", "server"))
+        out.update({"bytes_cum": int(sent.sum() + server) * message_bytes,
+                    "bytes_cum_max": int(sent.max(initial=0)) * message_bytes,
+                    "bytes_delivered_cum": int(got.sum() + server) * message_bytes})
+    return out
+
+
 class Recorder:
     """Evaluation records, divergence checks and rounds_to_target of one run.
 
@@ -58,12 +75,15 @@ class Recorder:
     records, rounds_to_target: what a resumed run had already recorded.
     pending: a resumed run's `pending_records` (rounds of the open evaluation window, already
       evaluated when the checkpoint was written, that eval_backfill may still need).
+    message_bytes: bytes of one message of the run's algorithm (records count bytes with it).
     """
 
     def __init__(self, c: ml_collections.ConfigDict, workdir: str, evaluate: Evaluator,
                  clock: Callable[[], float], *, records: list | None = None,
-                 rounds_to_target: int | None = None, pending: list | None = None):
+                 rounds_to_target: int | None = None, pending: list | None = None,
+                 message_bytes: int = 0):
         self.config = c
+        self.message_bytes = int(message_bytes)
         self.evaluate = evaluate
         self.clock = clock
         self.rounds_to_target = rounds_to_target
@@ -71,7 +91,7 @@ class Recorder:
                                             tensorboard=c.tensorboard)
         self.eval_time = 0.0
         self._backfill = c.eval_backfill and c.eval_every > 1
-        self._pending: list[tuple[int, Any, Any]] = []   # (round, params, round metrics)
+        self._pending: list[tuple] = []   # (round, params, round metrics, comm counters)
         self._settled: list[dict] = [dict(r) for r in pending or []]   # evaluated, unwritten
 
     @property
@@ -86,11 +106,12 @@ class Recorder:
         """Whether `keep` wants the parameters of rounds that are not evaluated."""
         return self._backfill and self.rounds_to_target is None
 
-    def keep(self, round_index: int, params, round_metrics) -> None:
+    def keep(self, round_index: int, params, round_metrics, comm=None) -> None:
         """Holds a copy of an unevaluated round's parameters until the next evaluation, which
         evaluates them if it is the first to meet the target (eval_backfill)."""
         if self.keeps_rounds:
-            self._pending.append((round_index, jax.tree.map(jnp.copy, params), round_metrics))
+            self._pending.append((round_index, jax.tree.map(jnp.copy, params), round_metrics,
+                                  None if comm is None else jax.tree.map(jnp.copy, comm)))
 
     def settle(self) -> None:
         """Evaluates the kept rounds of the open window now (before a checkpoint), so that the
@@ -104,9 +125,15 @@ class Recorder:
 
     def _kept_records(self):
         """The backfill records of the kept rounds, evaluated one at a time (a generator)."""
-        for r, params, round_metrics in self._pending:
-            yield {"round": r, **summarize(self.evaluate(params)), **_floats(round_metrics),
-                   "backfilled": 1.0}
+        for r, params, round_metrics, comm in self._pending:
+            metrics = _floats(round_metrics)
+            yield {"round": r, **summarize(self.evaluate(params)), **metrics,
+                   **self._bytes(metrics, comm), "backfilled": 1.0}
+
+    def _bytes(self, metrics: dict, comm) -> dict:
+        if "messages_sent" not in metrics:
+            return {}
+        return communication(metrics, comm, self.message_bytes)
 
     @property
     def pending_records(self) -> list[dict]:
@@ -115,7 +142,7 @@ class Recorder:
         return [dict(r) for r in self._settled]
 
     def record(self, round_index: int, params, round_metrics, *, local_params=None,
-               last_good: int = -1) -> dict:
+               last_good: int = -1, comm=None) -> dict:
         """Evaluates and writes round `round_index`; raises DivergenceError if it diverged.
 
         If this is the first evaluation to meet the target, the rounds kept since the previous
@@ -129,7 +156,9 @@ class Recorder:
             local = summarize(self.evaluate(local_params))
             record.update({f"local_{k}": v for k, v in local.items()
                            if k != "consensus_distance"})
-        record.update(_floats(round_metrics))
+        metrics = _floats(round_metrics)
+        record.update(metrics)
+        record.update(self._bytes(metrics, comm))
         check_finite(record, round_index, c.learning_rate, last_good)
         reached = record["acc_min"] >= c.target_accuracy
         if self.rounds_to_target is None and reached:
@@ -153,6 +182,7 @@ class Recorder:
         """summary.json's fields common to runs and sweep replicas, then `extra`, then `info`
         (graph and data facts from runner.build)."""
         last = self.records[-1] if self.records else {}
+        at_target = next((r for r in self.records if r["round"] == self.rounds_to_target), {})
         return {
             "status": status,
             "rounds_to_target": self.rounds_to_target,
@@ -161,6 +191,10 @@ class Recorder:
             "final_acc_mean": last.get("acc_mean"),
             "final_acc_max": last.get("acc_max"),
             "rounds_run": rounds_run,
+            "message_bytes": self.message_bytes,
+            "bytes_total": last.get("bytes_cum"),
+            "bytes_to_target": at_target.get("bytes_cum"),
+            "bytes_per_device_to_target": at_target.get("bytes_cum_max"),
             "eval_time_s": self.eval_time,
             **extra,
             "backend": jax.default_backend(),
