@@ -22,11 +22,9 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -252,18 +250,6 @@ def adjacency(topology: str, n: int, degree: int, seed: int) -> np.ndarray:
     return adj
 
 
-@contextmanager
-def _no_diameter():
-    """Skips the Simulator's graph diameter (networkx all-pairs BFS: minutes at N = 10000).
-
-    It only sets the number of phase-0 max-norm sync steps, and benchmarks use sync "none"
-    (independent inits: the timed round is the same).
-    """
-    with mock.patch.object(simulation.graphs, "diameter", lambda g: 0), \
-            mock.patch.object(simulation.nx, "from_numpy_array", lambda a: None):
-        yield
-
-
 @dataclasses.dataclass
 class Setup:
     sim: simulation.Simulator
@@ -292,12 +278,13 @@ def build(n: int, *, samples: int = 600, batch_size: int = 10, local_epochs: int
     x, y, source = xy if xy is not None else load_data(data, seed)
     parts = device_parts(len(y), n, samples, seed)
     adj = adjacency(topology, n, degree, seed)
-    with _no_diameter():
-        sim = simulation.Simulator(
-            model=MLP(hidden_sizes=tuple(hidden_sizes)), x=x, y=y, parts=parts, adj=adj,
-            algorithm="p2pl", mixing_scheme="data_size", sync_mode="none", backend=backend,
-            local_epochs=local_epochs, batch_size=batch_size,
-            device_block=resolve_device_block(device_block))
+    # diameter=0: no networkx all-pairs BFS (minutes at N = 10000); it only sets the number of
+    # phase-0 sync steps, and benchmarks use sync "none" (the timed round is the same).
+    sim = simulation.Simulator(
+        model=MLP(hidden_sizes=tuple(hidden_sizes)), x=x, y=y, parts=parts, adj=adj,
+        algorithm="p2pl", mixing_scheme="data_size", sync_mode="none", backend=backend,
+        local_epochs=local_epochs, batch_size=batch_size,
+        device_block=resolve_device_block(device_block), diameter=0)
     jax.block_until_ready(sim.arrays)
     num_params = mlp_params(tuple(hidden_sizes), int(np.prod(x.shape[1:])))
     return Setup(sim=sim, n=n, samples=samples, batch_size=batch_size,

@@ -286,7 +286,8 @@ def _run(c: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpoint
     progress = progress_lib.Progress(c.rounds, start_round, enabled=c.progress)
     start = time.perf_counter()
     recorder = Recorder(c, workdir, evaluate, lambda: prior_wall + time.perf_counter() - start,
-                        records=records, rounds_to_target=rounds_to_target, pending=pending)
+                        records=records, rounds_to_target=rounds_to_target, pending=pending,
+                        message_bytes=sim.message_bytes)
     checkpoint_time = 0.0
     saved = start_round if restored is not None else None
     done = checked = start_round   # last round fully processed / known to be finite
@@ -322,10 +323,12 @@ def _run(c: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpoint
             record = None
             if is_eval:
                 jax.block_until_ready(state)
-                record = recorder.record(r, state.params, round_metrics,
+                record = recorder.record(r, sim.eval_params(state), round_metrics,
+                                         comm=state.comm,
                                          local_params=local_params, last_good=checked)
             else:
-                recorder.keep(r, state.params, round_metrics)   # if eval_backfill wants it
+                if recorder.keeps_rounds:   # eval_backfill wants it
+                    recorder.keep(r, sim.eval_params(state), round_metrics, comm=state.comm)
                 if is_ckpt:
                     _check_finite({k: float(v) for k, v in
                                    jax.device_get(round_metrics).items()},

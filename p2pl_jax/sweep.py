@@ -152,7 +152,8 @@ def _run_group(reps: list[_Replica], evaluate) -> list[dict]:
     step_local = compiled(True) if with_local else None
     compile_time = time.perf_counter() - t0
     start = time.perf_counter()
-    recorders = [Recorder(r.config, r.workdir, evaluate, lambda: time.perf_counter() - start)
+    recorders = [Recorder(r.config, r.workdir, evaluate, lambda: time.perf_counter() - start,
+                          message_bytes=r.sim.message_bytes)
                  for r in reps]
     status = ["completed"] * len(reps)
     rounds_run = [0] * len(reps)
@@ -177,13 +178,14 @@ def _run_group(reps: list[_Replica], evaluate) -> list[dict]:
                 rounds_run[i] = rnd
                 if i not in evals:
                     if rec.keeps_rounds:
-                        rec.keep(rnd, take(state.params, i), take(metrics, i))
+                        rec.keep(rnd, rep.sim.eval_params(take(state, i)), take(metrics, i),
+                                 comm=take(state.comm, i))
                     continue
                 local_i = (take(local, i) if local is not None and rep.config.eval_after_local
                            else None)
                 try:
-                    rec.record(rnd, take(state.params, i), take(metrics, i),
-                               local_params=local_i)
+                    rec.record(rnd, rep.sim.eval_params(take(state, i)), take(metrics, i),
+                               local_params=local_i, comm=take(state.comm, i))
                 except DivergenceError as e:
                     logging.warning("sweep replica %s: %s", rep.name, e)
                     status[i], rep.done = "diverged", True
