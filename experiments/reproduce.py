@@ -41,7 +41,7 @@ from absl import app, flags, logging
 
 from configs import mnist
 from configs import reproduce as spec
-from p2pl_jax import checkpoint, plotting
+from p2pl_jax import algorithms, checkpoint, plotting
 from p2pl_jax.errors import ConfigError
 from p2pl_jax.runner import CHECKPOINT_DIR, DivergenceError, run
 
@@ -576,7 +576,7 @@ def _settings_table(claim: spec.Claim, stats: dict) -> list[str]:
             lines.append(f"| {s.label} | – | not run | – | – | – | – | – |")
             continue
         d, g = _mean(s.diameter), _mean(s.spectral_gap)
-        if s.algorithm != "p2pl":   # no graph: FedAvg averages globally, local never mixes
+        if not algorithms.get(s.algorithm).uses_graph:   # FedAvg, local: no graph
             d = g = None
         lines.append(
             f"| {s.label} | {s.reached}/{s.n} | {s.rounds_text()} | {s.acc_text()} | "

@@ -68,13 +68,22 @@ def load_run(path: str) -> Run:
                summary=read("summary.json"))
 
 
+def _uses_graph(algorithm: str) -> bool:
+    from p2pl_jax import algorithms  # noqa: PLC0415
+
+    try:
+        return algorithms.get(algorithm).uses_graph
+    except Exception:  # noqa: BLE001 - a run of an unknown algorithm: label it by name
+        return False
+
+
 def default_label(config: dict, fallback: str = "run") -> str:
     """A short label from a run's config: the algorithm, then the fields that differ from the
     headline setting (e.g. 'p2pl random_geometric metropolis p=0.5')."""
     if not config:
         return fallback
     algo = config.get("algorithm", "p2pl")
-    if algo != "p2pl":
+    if not _uses_graph(algo):
         return f"{algo} {config.get('partition', 'iid')}" if config.get(
             "partition", "iid") != "iid" else algo
     parts = [algo]

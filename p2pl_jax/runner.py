@@ -81,9 +81,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"directed=True reads a directed edge list; allowed: "
                           f"topology=edgelist (or topology=exponential, always directed), "
                           f"not topology={c.topology}")
-    if c.algorithm != "choco" and c.compressor != "none":
-        raise ConfigError(f"compressor={c.compressor} compresses CHOCO's messages; allowed: "
-                          f"algorithm=choco, or compressor=none")
+    compressing = [a for a in algorithms.ALGORITHMS if algorithms.get(a).compresses]
+    if not algorithms.get(c.algorithm).compresses and c.compressor != "none":
+        raise ConfigError(f"compressor={c.compressor} does not apply to algorithm="
+                          f"{c.algorithm}; allowed: algorithm={', '.join(compressing)}, or "
+                          f"compressor=none")
     algorithms.check_config(c)   # what the algorithm accepts: mixing, faults, graph, momentum
     check_range("eval_every", c.eval_every, 1, integer=True)
     check_range("target_accuracy", c.target_accuracy, 0.0, 1.0)
@@ -137,7 +139,7 @@ def build(c: ml_collections.ConfigDict) -> tuple[simulation.Simulator, data_lib.
     ds = data_lib.load_dataset(c.dataset, c.data_dir or None)
     parts = _partition(c, ds, c.num_devices)
     stats = partition.partition_stats(ds.y_train, parts, ds.num_classes)
-    if c.algorithm == "centralized":   # one model on the union of the devices' data
+    if algorithms.get(c.algorithm).pooled_data:   # one model on the union of the data
         parts = [np.concatenate(parts)]
         adj = np.zeros((1, 1), bool)
     else:

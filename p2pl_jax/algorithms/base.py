@@ -148,6 +148,8 @@ class Algorithm:
       or, for algorithms that take delays, (params, opt, aux, history) from `round.gossip`;
     train_point(params, aux) and eval_params(params, aux) -> [N, ...] params;
     message_bytes(leaf_sizes, spec) -> bytes of one message (per link, or per upload).
+    pooled_data: the run has one device holding every device's data (centralized).
+    compresses: the algorithm compresses its messages with `--config.compressor`.
     """
 
     name: str
@@ -166,6 +168,8 @@ class Algorithm:
     train_point: Callable = identity_params
     eval_params: Callable = identity_params
     message_bytes: Callable = model_bytes
+    pooled_data: bool = False   # one model trained on the union of the devices' data
+    compresses: bool = False    # reads --config.compressor (and its ratio / bits)
     why: dict = dataclasses.field(default_factory=dict)   # reasons for what it refuses
 
     @property

@@ -52,7 +52,7 @@ ALGORITHM = Algorithm(
     name="choco", paper="Koloskova, Stich & Jaggi, ICML 2019 (CHOCO-SGD)", weights="row",
     communicate=communicate, schemes=("metropolis", "max_degree"),
     default_scheme="metropolis", faults=frozenset({"dropouts"}), directed=False,
-    momentum_modes=("keep", "reset"), init=init,
+    momentum_modes=("keep", "reset"), init=init, compresses=True,
     message_bytes=lambda sizes, spec: compression.message_bytes(
         sizes, spec.compressor, ratio=spec.compress_ratio, bits=spec.qsgd_bits),
     why={"mixing": _SYMMETRIC + " (metropolis and max_degree are, on an undirected graph)",

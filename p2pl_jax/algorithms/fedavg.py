@@ -47,5 +47,5 @@ FEDAVG = Algorithm(name="fedavg", paper="McMahan et al., AISTATS 2017 (FedAvg)",
 LOCAL = Algorithm(name="local", paper="no communication (each device alone)", weights="none",
                   communicate=_local, faults=frozenset({"dropouts"}), why=_NO_GRAPH)
 CENTRALIZED = Algorithm(name="centralized", paper="one model on all the data", weights="none",
-                        communicate=_local, sync="shared_seed",
+                        communicate=_local, sync="shared_seed", pooled_data=True,
                         why={**_NO_GRAPH, "dropouts": "it has one device"})
