@@ -2,7 +2,7 @@
 
     python -m benchmarks.compare_algorithms [--num_devices=100] [--rounds=30] [--target=0.95]
         [--lrs=0.02,0.05] [--seeds=0,1] [--data=iid,shards] [--algorithms=p2pl,dpsgd,...]
-        [--eval_every=3] [--workdir=runs/compare_algorithms] [--quick]
+        [--grid_data=iid] [--eval_every=3] [--workdir=runs/compare_algorithms] [--quick]
 
 Protocol (printed at the top of the output): N devices of real MNIST (600 samples each, IID, or
 the 2-shard non-IID split: every device holds 2 label-sorted shards), MLP 784-200-200-10, a
@@ -20,7 +20,8 @@ a run stops there or at the round cap. bytes to target: every message sent by ev
 (and FedAvg's server) through that round, at its real size (docs/ALGORITHMS.md);
 per device: the busiest device's.
 
-Stage 1, the grid: every algorithm x data at each learning rate of --lrs, seed 0; the best rate
+Stage 1, the grid: every algorithm x data of --grid_data (default: all; the other data then use
+the best rate found on the first grid data) at each learning rate of --lrs, seed 0; the best rate
 is the one with the fewest rounds to target (ties and runs that never reach it: the higher
 final minimum accuracy). Stage 2: the other seeds at that rate. Every run is one
 runner.run into WORKDIR/<data>/<algorithm>/lr<rate>/seed<k> (reused when finished, resumed
@@ -121,6 +122,9 @@ def parse_args(argv=None):
     ap.add_argument("--lrs", default=None, help="learning-rate grid (default 0.02,0.05)")
     ap.add_argument("--seeds", default=None, help="seeds (default 0,1; 0 quick)")
     ap.add_argument("--data", default="iid,shards", help="comma list of " + ", ".join(DATA))
+    ap.add_argument("--grid_data", default=None,
+                    help="data on which the learning-rate grid runs (default: every --data); "
+                         "the others use the best rate of the first of these")
     ap.add_argument("--algorithms", default=",".join(VARIANTS),
                     help="comma list of " + ", ".join(VARIANTS))
     ap.add_argument("--radius", type=float, default=None, help="RGG radius (0.2; 0.7 quick)")
@@ -138,6 +142,9 @@ def parse_args(argv=None):
     args.lrs = [float(v) for v in args.lrs.split(",") if v]
     args.seeds = [int(v) for v in args.seeds.split(",") if v]
     args.data = [d for d in args.data.split(",") if d]
+    args.grid_data = ([d for d in args.grid_data.split(",") if d] if args.grid_data
+                      else list(args.data))
+    args.data = args.grid_data + [d for d in args.data if d not in args.grid_data]
     args.algorithms = [a for a in args.algorithms.split(",") if a]
     bad = [d for d in args.data if d not in DATA] + [a for a in args.algorithms
                                                      if a not in VARIANTS]
@@ -156,7 +163,8 @@ def main(argv=None) -> dict:
         f"graph radius {args.radius}, 1 local epoch (batch 10, momentum 0.9) per round, target "
         f"{args.target:.0%} on every device, round cap {args.rounds}, evaluated every "
         f"{args.eval_every} rounds with exact backfill; learning-rate grid {args.lrs} on seed "
-        f"{args.seeds[0]}, then seeds {args.seeds} at the best rate.")
+        f"{args.seeds[0]} ({' / '.join(args.grid_data)}; other data at the best rate of "
+        f"{args.grid_data[0]}), then seeds {args.seeds} at the best rate.")
     print(protocol, flush=True)
     results: dict = {"protocol": protocol, "machine": info, "cases": {}}
 
@@ -173,7 +181,11 @@ def main(argv=None) -> dict:
 
     for data in args.data:
         for variant in args.algorithms:
-            grid = [run_case(data, variant, lr, args.seeds[0]) for lr in args.lrs]
+            if data in args.grid_data:
+                grid = [run_case(data, variant, lr, args.seeds[0]) for lr in args.lrs]
+            else:   # the best rate of the grid on the first grid data
+                lr = results["cases"][f"{args.grid_data[0]}/{variant}"]["best_lr"]
+                grid = [run_case(data, variant, lr, args.seeds[0])]
             best = min(grid, key=lambda r: _key(r, args.rounds))
             seeds = [best] + [run_case(data, variant, best["lr"], s) for s in args.seeds[1:]]
             results["cases"][f"{data}/{variant}"] = {"grid": grid, "best_lr": best["lr"],
