@@ -10,6 +10,8 @@
 #   round_time   N = 100, 1000, 10000; dense and gather consensus
 #   vs_loop      N = 100: vectorized vs jax loop vs torch loop (torch on cuda)
 #   sweep        python -m benchmarks.sweep, when that file exists
+#   algorithms   pytest tests/test_algorithms.py, then benchmarks.compare_algorithms (the reduced
+#                protocol of issue #10; needs MNIST in .gpu_data; set GPU_CHECK_BUDGET_S=600)
 # Logs and JSON go to RESULTS_DIR (default $OUT/gpu_check when $OUT is set, else
 # /tmp/p2pl_gpu_check); a short markdown table is printed last.
 set -uo pipefail
@@ -95,6 +97,13 @@ stage vs_loop_n100 60 "$PY" -m benchmarks.vs_loop --n=100 --repeats=1 \
     --json "$RES/vs_loop_n100.json"
 if [ -f benchmarks/sweep.py ]; then
     stage sweep 60 "$PY" -m benchmarks.sweep
+fi
+if [ -f tests/test_algorithms.py ] && "$PY" -c "import pytest" 2>/dev/null; then
+    stage pytest_algorithms 90 "$PY" -m pytest -q -x tests/test_algorithms.py
+fi
+if [ -f benchmarks/compare_algorithms.py ]; then
+    stage compare_algorithms 300 "$PY" -m benchmarks.compare_algorithms --grid_data=iid \
+        --workdir "$RES/compare_algorithms"
 fi
 
 echo
