@@ -119,8 +119,8 @@ def test_resume_in_the_middle_of_a_window_backfills_like_an_uninterrupted_run(
 
     keep = recorder_lib.Recorder.keep
 
-    def keep_then_stop(self, round_index, params, round_metrics):
-        keep(self, round_index, params, round_metrics)
+    def keep_then_stop(self, round_index, params, round_metrics, **kw):
+        keep(self, round_index, params, round_metrics, **kw)
         if round_index == stop:
             os.kill(os.getpid(), signal.SIGTERM)   # the run stops after this round
 
