@@ -10,58 +10,28 @@ file, unwritable workdir, corrupt or mismatched checkpoint), printed as one mess
 traceback; 3 training diverged; 130 interrupted (Ctrl-C or SIGTERM; rerun to resume).
 """
 
-import re
-import signal
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments import cli
+from experiments.cli import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_USER_ERROR
 from p2pl_jax.errors import ConfigError
 from p2pl_jax.runner import DivergenceError, run
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mnist.py", "Experiment config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs.", required=True)
 
-EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
-
-
-def _fail(message: str, status: int):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(status)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, except that a bad flag, config file or config override prints one
-    message (no traceback) and exits with status 2."""
-    try:
-        rest = flags.FLAGS(argv)
-        _CONFIG.value.to_dict()   # a config file that failed to load raises only when read
-        return rest
-    except flags.Error as e:
-        message = str(e)
-    except (AttributeError, KeyError) as e:   # ml_collections: an unknown --config.FIELD
-        text = str(e).replace("\\'", "'").replace("\\n", " ").replace("\n", " ")
-        field = re.search(r"'(\w+)'", text)
-        hint = text[text.find("Did you mean"):].rstrip("'\" ") if "Did you mean" in text else ""
-        message = (f"unknown config field {field.group(1)!r}. {hint}" if field
-                   else f"bad config override: {text}")
-    except Exception as e:  # noqa: BLE001 - the config file itself failed to load
-        message = f"cannot load --config: {e}"
-    _fail(f"{message}\nUsage: python -m experiments.train --config=CONFIG.py --workdir=DIR "
-          "[--config.FIELD=VALUE ...]; the fields are listed in docs/config_reference.md",
-          EXIT_USER_ERROR)
-
-
-def _sigterm(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+_fail = cli.fail
+parse_flags = cli.flags_parser(
+    "python -m experiments.train --config=CONFIG.py --workdir=DIR [--config.FIELD=VALUE ...]; "
+    "the fields are listed in docs/config_reference.md", _CONFIG)
 
 
 def main(argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments: {argv[1:]}; pass config fields as --config.FIELD=VALUE",
               EXIT_USER_ERROR)
-    signal.signal(signal.SIGTERM, _sigterm)   # checkpoint and stop, like Ctrl-C
+    cli.sigterm_as_interrupt()   # checkpoint and stop, like Ctrl-C
     try:
         config = _CONFIG.value
         summary = run(config, _WORKDIR.value)

@@ -198,6 +198,26 @@ class Checkpointer:
             state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)), force=True)
         mgr.wait_until_finished()
 
+    def read_meta(self) -> dict | None:
+        """The newest checkpoint's meta item only (cheap: no arrays), or None when there is none.
+
+        Raises ConfigError, as `restore` does, when the checkpoint cannot be resumed.
+        """
+        import orbax.checkpoint as ocp
+
+        step = self.latest_round()
+        if step is None:
+            return None
+        try:
+            meta = dict(self._manager().restore(step, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore()))[_META])
+            if (meta.get("format") == FORMAT and meta.get("round") == step
+                    and "fingerprint" in meta and "records" in meta):
+                return meta
+        except Exception:  # noqa: BLE001, S110 - `restore` below names what is wrong
+            pass
+        return self.restore().meta
+
     def restore(self) -> Restored | None:
         """Reads the newest checkpoint, or returns None when there is none.
 

@@ -9,8 +9,6 @@ rounds and writes
 """
 
 import os
-import signal
-import threading
 import time
 from typing import Any
 
@@ -25,6 +23,7 @@ from p2pl_jax import (
     checkpoint,
     compression,
     graphs,
+    loop,
     mixing,
     network,
     partition,
@@ -34,13 +33,11 @@ from p2pl_jax import (
     writers,
 )
 from p2pl_jax import data as data_lib
-from p2pl_jax import progress as progress_lib
 from p2pl_jax.consensus import BACKENDS
 from p2pl_jax.errors import ConfigError, check_choice, check_range
 from p2pl_jax.metrics import make_evaluator
 from p2pl_jax.models import MODELS, make_model
-from p2pl_jax.recorder import DivergenceError, Recorder
-from p2pl_jax.recorder import check_finite as _check_finite
+from p2pl_jax.recorder import DivergenceError  # noqa: F401 - experiments.train imports it here
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -190,46 +187,6 @@ def _check_workdir(workdir: str) -> None:
         raise ConfigError(f"workdir={workdir!r} is not a writable directory: {e}") from e
 
 
-def _alive(state) -> bool:
-    """Whether none of the state's buffers has been donated away."""
-    return not any(isinstance(leaf, jax.Array) and leaf.is_deleted()
-                   for leaf in jax.tree.leaves(state))
-
-
-def _params_finite(params) -> bool:
-    return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(params)
-               if jnp.issubdtype(leaf.dtype, jnp.floating))
-
-
-class _StopRequest:
-    """While installed, SIGINT and SIGTERM ask the run loop to stop after the round in progress
-    (checkpointing it) instead of interrupting it anywhere; a second SIGINT interrupts at once.
-    Only in the main thread (elsewhere signals cannot be caught and nothing changes)."""
-
-    def __init__(self):
-        self.signal = ""
-        self._previous: dict = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        if self.signal and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
-        logging.warning("%s: stopping after the current round (it will be checkpointed); "
-                        "press Ctrl-C again to stop at once", self.signal)
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            if handler is not None:   # None: set outside Python, cannot be restored
-                signal.signal(sig, handler)
-        self._previous.clear()
-
-
 def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs one simulation described by config `c`, writing its outputs to `workdir`.
 
@@ -251,11 +208,7 @@ def _run(c: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpoint
     fingerprint = checkpoint.fingerprint(c.to_dict())
     restored = ckpt.restore() if ckpt.exists() else None
     if restored is not None:
-        checkpoint.check_fingerprint(restored.meta["fingerprint"], fingerprint, ckpt.directory)
-        if restored.round > c.rounds:
-            raise ConfigError(f"rounds={c.rounds} is below the round of the checkpoint in "
-                              f"{ckpt.directory} ({restored.round}); allowed: rounds >= "
-                              f"{restored.round}, or use a new --workdir")
+        loop.check_resumable(restored.meta, fingerprint, c.rounds, ckpt.directory)
     writers.write_json(os.path.join(workdir, "config.json"), c.to_dict())
     sim, ds, info = build(c)
     writers.write_json(os.path.join(workdir, "partition.json"), info.pop("partition"))
@@ -271,116 +224,14 @@ def _run(c: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpoint
     t0 = time.perf_counter()
     state = sim.init(c.seed)
     compile_time = sim.compile(state, hp, return_local=c.eval_after_local)
-    compile_time += evaluate.compile(state.params)
+    compile_time += evaluate.compile(sim.eval_params(state))
 
-    start_round, records, rounds_to_target, prior_wall, pending = 0, [], None, 0.0, []
-    if restored is not None:
-        state = checkpoint.into_state(state, restored.arrays, restored.meta["leaves"],
-                                      ckpt.directory)
-        start_round, records = restored.round, restored.meta["records"]
-        rounds_to_target = restored.meta["rounds_to_target"]
-        pending = restored.meta.get("backfill_pending", [])
-        prior_wall = restored.meta["wall_s"]
-        logging.info("resuming from the checkpoint of round %d in %s", start_round,
-                     ckpt.directory)
-    jax.block_until_ready(state)
-
-    progress = progress_lib.Progress(c.rounds, start_round, enabled=c.progress)
-    start = time.perf_counter()
-    recorder = Recorder(c, workdir, evaluate, lambda: prior_wall + time.perf_counter() - start,
-                        records=records, rounds_to_target=rounds_to_target, pending=pending,
-                        message_bytes=sim.message_bytes)
-    checkpoint_time = 0.0
-    saved = start_round if restored is not None else None
-    done = checked = start_round   # last round fully processed / known to be finite
-    status = "failed"
-
-    def save(round_index: int) -> None:
-        nonlocal saved, checkpoint_time
-        if saved == round_index:
-            return
-        recorder.settle()   # the open window's kept rounds go into the checkpoint as records
-        tc = time.perf_counter()   # (their evaluation counts as eval time, not checkpoint time)
-        ckpt.save(round_index, state, {
-            "fingerprint": fingerprint, "records": recorder.records,
-            "rounds_to_target": recorder.rounds_to_target,
-            "backfill_pending": recorder.pending_records,
-            "wall_s": prior_wall + time.perf_counter() - start})
-        checkpoint_time += time.perf_counter() - tc
-        saved = round_index
-
-    progress.start()
-    stop_request = _StopRequest()
-    try:
-        finished = rounds_to_target is not None and c.stop_at_target
-        stop_request.install()
-        for r in range(start_round + 1, c.rounds + 1) if not finished else ():
-            is_eval = recorder.is_eval(r)
-            is_ckpt = c.checkpoint_every > 0 and r % c.checkpoint_every == 0
-            local_params = None
-            if is_eval and c.eval_after_local:
-                state, round_metrics, local_params = sim.step(state, hp, return_local=True)
-            else:
-                state, round_metrics = sim.step(state, hp)
-            record = None
-            if is_eval:
-                jax.block_until_ready(state)
-                record = recorder.record(r, sim.eval_params(state), round_metrics,
-                                         comm=state.comm,
-                                         local_params=local_params, last_good=checked)
-            else:
-                if recorder.keeps_rounds:   # eval_backfill wants it
-                    recorder.keep(r, sim.eval_params(state), round_metrics, comm=state.comm)
-                if is_ckpt:
-                    _check_finite({k: float(v) for k, v in
-                                   jax.device_get(round_metrics).items()},
-                                  r, c.learning_rate, checked)
-                elif progress.due():
-                    jax.block_until_ready(round_metrics)   # report the real rate
-            checked = r if (is_eval or is_ckpt) else checked
-            done = r
-            progress.update(r, record)
-            stop = c.stop_at_target and recorder.rounds_to_target is not None and is_eval
-            if stop_request.signal and checked != r:
-                if not _params_finite(state.params):
-                    _check_finite({"params_finite": 0.0}, r, c.learning_rate, checked)
-                checked = r
-            if is_ckpt or stop or stop_request.signal:
-                save(r)
-            if stop:
-                break
-            if stop_request.signal:
-                raise KeyboardInterrupt(f"{stop_request.signal} after round {r}")
-        if done != checked and not _params_finite(state.params):
-            _check_finite({"params_finite": 0.0}, done, c.learning_rate, checked)
-        save(done)
-        status = "completed"
-    except DivergenceError:
-        status = "diverged"
-        raise
-    except KeyboardInterrupt:
-        status = "interrupted"
-        progress.clear()
-        try:   # the state of the last completed round, if it was not donated to the next one
-            if (saved != done and _alive(state) and int(state.round) == done
-                    and _params_finite(state.params)):
-                save(done)
-        except Exception as e:  # noqa: BLE001 - never mask the interrupt
-            logging.warning("could not checkpoint round %d on interrupt: %s", done, e)
-        logging.warning("interrupted after round %d; the checkpoint of round %s is kept in %s. "
-                        "Rerun the same command to resume.", done, saved, ckpt.directory)
-        raise
-    finally:
-        stop_request.restore()
-        progress.clear()
-        recorder.close()
-        summary = recorder.summary(
-            status, done, info,
-            resumed_from_round=start_round if restored is not None else None,
-            checkpoint_round=saved,
-            wall_time_s=time.perf_counter() - t0,
-            train_wall_s=prior_wall + time.perf_counter() - start,
-            compile_time_s=compile_time,
-            checkpoint_time_s=checkpoint_time)
-        writers.write_json(os.path.join(workdir, "summary.json"), summary)
+    # A run is the loop's one member; its hooks (evaluation, finite checks, progress, stop
+    # requests, checkpoints) are those of a sweep group (p2pl_jax/loop.py).
+    member = loop.Member(name=workdir, config=c, workdir=workdir, info=info,
+                         message_bytes=sim.message_bytes)
+    (summary,) = loop.Loop(loop.RunProgram(sim, hp), [member], evaluate, ckpt, fingerprint,
+                           stacked=False).run(state, restored, t0=t0, compile_time=compile_time)
+    if member.error is not None:
+        raise member.error
     return summary

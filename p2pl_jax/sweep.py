@@ -13,8 +13,17 @@ are passed once (in_axes=None) instead of S times. Each replica records its roun
 own recorder.Recorder, as a separate run does, and writes the same files in its own workdir
 (config.json, partition.json, metrics.jsonl/.csv, TensorBoard if enabled, summary.json), so
 results can be compared to separate runs record by record. A replica that diverges stops with
-status 'diverged' while the others go on. Sweeps do not checkpoint: an interrupted sweep
-starts over.
+status 'diverged' while the others go on.
+
+A group runs through the same host loop as a run (`loop.Loop`: evaluation, finite checks,
+progress, stop requests, checkpoints). Every `checkpoint_every` rounds, at a stop request
+(SIGINT/SIGTERM: after the round in progress) and at its end, a group saves one orbax checkpoint
+of its whole stacked state, with every replica's records, rounds_to_target, eval_backfill
+pending records and status, to workdir/<its first replica>/sweep_checkpoints/<round>/.
+Rerunning the same sweep command resumes every group where it stopped (a finished group does no
+training), with the results of an uninterrupted sweep; a checkpoint resumes only the sweep that
+wrote it (the base config up to checkpoint.RESUMABLE_FIELDS, and the swept fields and values):
+anything else is a ConfigError naming the fields.
 """
 
 import dataclasses
@@ -29,11 +38,12 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from p2pl_jax import runner, writers
+from p2pl_jax import checkpoint, loop, runner, writers
 from p2pl_jax.errors import ConfigError
 from p2pl_jax.metrics import make_evaluator
-from p2pl_jax.recorder import DivergenceError, Recorder
 
+# A group's checkpoints: in its first replica's folder (workdir holds only replica folders).
+CHECKPOINT_DIR = "sweep_checkpoints"
 SWEEPABLE = ("seed", "learning_rate", "momentum", "link_failure_prob", "dropout_prob",
              "mixing")
 
@@ -70,7 +80,6 @@ class _Replica:
     sim: object
     info: dict
     workdir: str
-    done: bool = False
 
 
 def _signature(sim) -> tuple:
@@ -99,15 +108,48 @@ def _stack(trees):
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
+def fingerprint(base: ml_collections.ConfigDict, values: dict[str, list]) -> dict:
+    """What a sweep's checkpoints must match: the base config minus RESUMABLE_FIELDS and the
+    swept fields (their base values are not used), plus `sweep.<field>`: the values."""
+    fp = {k: v for k, v in checkpoint.fingerprint(base.to_dict()).items() if k not in values}
+    fp["sweep.fields"] = list(values)
+    fp.update({f"sweep.{k}": list(v) for k, v in values.items()})
+    return json.loads(json.dumps(fp, sort_keys=True))
+
+
+def _check_checkpoints(dirs: list[str], fp: dict, rounds: int) -> None:
+    """The group checkpoints among `dirs` were written by this sweep (checked before anything
+    is built)."""
+    for d in dirs:
+        ck = checkpoint.Checkpointer(d)
+        try:
+            meta = ck.read_meta() if ck.exists() else None
+        finally:
+            ck.close()
+        if meta is not None:
+            loop.check_resumable(meta, fp, rounds, d)
+
+
 def run_sweep(base: ml_collections.ConfigDict, values: dict[str, list], workdir: str) -> list:
-    """Runs every replica of the sweep; returns their summaries (also in workdir/sweep.json)."""
-    os.makedirs(workdir, exist_ok=True)
-    replicas = []
+    """Runs every replica of the sweep; returns their summaries (also in workdir/sweep.json).
+
+    Resumes from workdir/checkpoints when the same sweep wrote them (anything else is a
+    ConfigError naming the fields); re-raises KeyboardInterrupt after checkpointing the group in
+    progress.
+    """
+    runner._check_workdir(workdir)
+    configs = []
     for name, override in expand(base, values):
         c = ml_collections.ConfigDict(base.to_dict())
         for k, v in override.items():
             c[k] = v
         runner.validate(c)
+        configs.append((name, c))
+    fp = fingerprint(base, values)
+    _check_checkpoints([os.path.join(workdir, name, CHECKPOINT_DIR) for name, _ in configs], fp,
+                       base.rounds)
+    replicas = []
+    for name, c in configs:
         sim, ds, info = runner.build(c)
         rdir = os.path.join(workdir, name)
         os.makedirs(rdir, exist_ok=True)
@@ -123,86 +165,80 @@ def run_sweep(base: ml_collections.ConfigDict, values: dict[str, list], workdir:
                               device_chunk=base.eval_device_chunk,
                               example_chunk=base.eval_example_chunk)
     summaries = []
-    for reps in groups.values():
-        summaries += _run_group(reps, evaluate)
+    for g, reps in enumerate(groups.values()):
+        logging.info("sweep group %d/%d: %d replica(s): %s", g + 1, len(groups), len(reps),
+                     " ".join(r.name for r in reps))
+        ckpt = checkpoint.Checkpointer(os.path.join(reps[0].workdir, CHECKPOINT_DIR))
+        try:
+            out, stopped_by = _run_group(reps, evaluate, ckpt, fp)
+        finally:
+            ckpt.close()
+        summaries += out
+        if stopped_by and g + 1 < len(groups):   # the request came as this group finished
+            logging.warning("%s: the sweep stops before group %d/%d. Rerun the same command "
+                            "to resume.", stopped_by, g + 2, len(groups))
+            raise KeyboardInterrupt(f"{stopped_by} before sweep group {g + 2}")
     with open(os.path.join(workdir, "sweep.json"), "w") as f:
         json.dump([{"name": r.name, **s} for r, s in zip(
             [r for reps in groups.values() for r in reps], summaries)], f, indent=2)
     return summaries
 
 
-def _run_group(reps: list[_Replica], evaluate) -> list[dict]:
-    """Advances a group's replicas together; each replica's evaluations, divergence check,
-    rounds_to_target (with eval_backfill) and files go through its own recorder.Recorder,
-    exactly as in a separate run. A replica that diverges stops (status 'diverged'); the others
-    go on."""
-    sim0 = reps[0].sim
-    arrays, arrays_axes = _stack_arrays([r.sim.arrays for r in reps])
-    hp = _stack([runner.hparams(r.config) for r in reps])
-    t0 = time.perf_counter()
-    state = _stack([r.sim.init(r.config.seed) for r in reps])
-    with_local = any(r.config.eval_after_local for r in reps)
+class _GroupProgram:
+    """A sweep group's round: one jitted vmap of the round over the replica axis [S, ...];
+    arrays equal in every replica are passed once (in_axes None). See loop.Program."""
 
-    def compiled(return_local: bool):
-        fn = functools.partial(sim0.round_fn, return_local=return_local)
-        vmapped = jax.vmap(fn, in_axes=(0, arrays_axes, 0))
-        return jax.jit(vmapped, donate_argnums=0).lower(state, arrays, hp).compile()
+    def __init__(self, reps: list[_Replica]):
+        self.sims = [r.sim for r in reps]
+        self.arrays, self._axes = _stack_arrays([r.sim.arrays for r in reps])
+        self.hp = _stack([runner.hparams(r.config) for r in reps])
+        self._with_local = any(r.config.eval_after_local for r in reps)
+        self._step = self._step_local = None
 
-    step = compiled(False)
-    step_local = compiled(True) if with_local else None
-    compile_time = time.perf_counter() - t0
-    start = time.perf_counter()
-    recorders = [Recorder(r.config, r.workdir, evaluate, lambda: time.perf_counter() - start,
-                          message_bytes=r.sim.message_bytes)
-                 for r in reps]
-    status = ["completed"] * len(reps)
-    rounds_run = [0] * len(reps)
+    def prepare(self, state) -> float:
+        """Compiles the round for `state`'s shapes (only when there are rounds to run)."""
+        t0 = time.perf_counter()
 
-    def take(tree, i):
+        def compiled(return_local: bool):
+            fn = functools.partial(self.sims[0].round_fn, return_local=return_local)
+            vmapped = jax.vmap(fn, in_axes=(0, self._axes, 0))
+            return jax.jit(vmapped, donate_argnums=0).lower(state, self.arrays,
+                                                            self.hp).compile()
+
+        self._step = compiled(False)
+        self._step_local = compiled(True) if self._with_local else None
+        return time.perf_counter() - t0
+
+    def step(self, state, *, return_local: bool):
+        if return_local and self._step_local is not None:
+            return self._step_local(state, self.arrays, self.hp)
+        return (*self._step(state, self.arrays, self.hp), None)
+
+    def take(self, tree, i: int):
         return jax.tree.map(lambda leaf: leaf[i], tree)
 
-    rounds = max(r.config.rounds for r in reps)
-    try:
-        for rnd in range(1, rounds + 1):
-            live = [i for i, r in enumerate(reps) if not r.done]
-            evals = [i for i in live if recorders[i].is_eval(rnd)]
-            local = None
-            if step_local is not None and any(reps[i].config.eval_after_local for i in evals):
-                state, metrics, local = step_local(state, arrays, hp)
-            else:
-                state, metrics = step(state, arrays, hp)
-            if evals:   # one transfer of every replica's round metrics, not one per replica
-                metrics = jax.device_get(metrics)
-            for i in live:
-                rep, rec = reps[i], recorders[i]
-                rounds_run[i] = rnd
-                if i not in evals:
-                    if rec.keeps_rounds:
-                        rec.keep(rnd, rep.sim.eval_params(take(state, i)), take(metrics, i),
-                                 comm=take(state.comm, i))
-                    continue
-                local_i = (take(local, i) if local is not None and rep.config.eval_after_local
-                           else None)
-                try:
-                    rec.record(rnd, rep.sim.eval_params(take(state, i)), take(metrics, i),
-                               local_params=local_i, comm=take(state.comm, i))
-                except DivergenceError as e:
-                    logging.warning("sweep replica %s: %s", rep.name, e)
-                    status[i], rep.done = "diverged", True
-                    continue
-                rep.done = ((rep.config.stop_at_target and rec.rounds_to_target is not None)
-                            or rnd >= rep.config.rounds)
-            if all(r.done for r in reps):
-                break
-    finally:
-        for rec in recorders:
-            rec.close()
-    wall = time.perf_counter() - t0
-    out = []
-    for i, rep in enumerate(reps):
-        summary = recorders[i].summary(status[i], rounds_run[i], rep.info, wall_time_s=wall,
-                                       compile_time_s=compile_time,
-                                       replicas_in_program=len(reps))
-        writers.write_json(os.path.join(rep.workdir, "summary.json"), summary)
-        out.append(summary)
-    return out
+    def eval_params(self, state, i: int):
+        return self.sims[i].eval_params(self.take(state, i))
+
+
+def _run_group(reps: list[_Replica], evaluate, ckpt: checkpoint.Checkpointer,
+               fp: dict) -> tuple[list[dict], str]:
+    """Advances a group's replicas together through loop.Loop; each replica's evaluations,
+    divergence checks, rounds_to_target (with eval_backfill) and files go through its own
+    recorder.Recorder, exactly as in a separate run. A replica that diverges stops (status
+    'diverged'); the others go on. Returns the summaries and the stop request's signal ("" if
+    none) when the group finished anyway."""
+    restored = ckpt.restore() if ckpt.exists() else None
+    if restored is not None:
+        loop.check_resumable({**restored.meta, "round": restored.round}, fp,
+                             reps[0].config.rounds, ckpt.directory)
+    t0 = time.perf_counter()
+    state = _stack([r.sim.init(r.config.seed) for r in reps])
+    program = _GroupProgram(reps)
+    members = [loop.Member(r.name, r.config, r.workdir, r.info,
+                           message_bytes=r.sim.message_bytes) for r in reps]
+    group = loop.Loop(program, members, evaluate, ckpt, fp, stacked=True,
+                      summary_extra={"replicas_in_program": len(reps)},
+                      count_diverged_round=True)
+    summaries = group.run(state, restored, t0=t0, compile_time=0.0)
+    return summaries, group.signal
