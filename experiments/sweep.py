@@ -3,7 +3,8 @@
   python -m experiments.sweep --config=configs/mnist.py --workdir=runs/sweep \
       --sweep.seed=0,1,2 --sweep.learning_rate=0.02,0.05 [--config.FIELD=VALUE ...]
 
-Sweepable fields: seed, learning_rate, momentum, link_failure_prob, dropout_prob, mixing.
+Sweepable fields: seed, learning_rate, momentum, link_failure_prob, dropout_prob, mixing,
+consensus_step, algorithm.
 Each replica writes workdir/<field=value,...>/ with the files of a separate run. Each compiled
 group checkpoints into its first replica's folder (sweep_checkpoints/); rerunning the same
 command resumes.

@@ -45,7 +45,7 @@ from p2pl_jax.metrics import make_evaluator
 # A group's checkpoints: in its first replica's folder (workdir holds only replica folders).
 CHECKPOINT_DIR = "sweep_checkpoints"
 SWEEPABLE = ("seed", "learning_rate", "momentum", "link_failure_prob", "dropout_prob",
-             "mixing")
+             "mixing", "consensus_step", "algorithm")
 
 
 def parse_values(field: str, text: str, base) -> list:
