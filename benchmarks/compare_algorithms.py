@@ -121,6 +121,9 @@ def parse_args(argv=None):
     ap.add_argument("--target", type=float, default=None, help="default 0.95; 0.5 quick")
     ap.add_argument("--lrs", default=None, help="learning-rate grid (default 0.02,0.05)")
     ap.add_argument("--seeds", default=None, help="seeds (default 0,1; 0 quick)")
+    ap.add_argument("--extra_lrs", default="gradient_tracking=0.005",
+                    help="rates added to one algorithm's grid, 'ALGO=v,v;ALGO=v' (default: "
+                         "gradient_tracking=0.005, which diverges at 0.02 and 0.05)")
     ap.add_argument("--data", default="iid,shards", help="comma list of " + ", ".join(DATA))
     ap.add_argument("--grid_data", default=None,
                     help="data on which the learning-rate grid runs (default: every --data); "
@@ -140,6 +143,11 @@ def parse_args(argv=None):
         if getattr(args, field) is None:
             setattr(args, field, small if args.quick else full)
     args.lrs = [float(v) for v in args.lrs.split(",") if v]
+    args.extra = {}
+    for item in (args.extra_lrs or "").split(";"):
+        if item.strip():
+            algo, _, values = item.partition("=")
+            args.extra[algo.strip()] = [float(v) for v in values.split(",") if v]
     args.seeds = [int(v) for v in args.seeds.split(",") if v]
     args.data = [d for d in args.data.split(",") if d]
     args.grid_data = ([d for d in args.grid_data.split(",") if d] if args.grid_data
@@ -162,7 +170,8 @@ def main(argv=None) -> dict:
         f"{' / '.join(args.data)}), MLP {common.mlp_name(tuple(args.hidden))}, random geometric "
         f"graph radius {args.radius}, 1 local epoch (batch 10, momentum 0.9) per round, target "
         f"{args.target:.0%} on every device, round cap {args.rounds}, evaluated every "
-        f"{args.eval_every} rounds with exact backfill; learning-rate grid {args.lrs} on seed "
+        f"{args.eval_every} rounds with exact backfill; learning-rate grid {args.lrs} "
+        f"(extra: {args.extra or 'none'}) on seed "
         f"{args.seeds[0]} ({' / '.join(args.grid_data)}; other data at the best rate of "
         f"{args.grid_data[0]}), then seeds {args.seeds} at the best rate.")
     print(protocol, flush=True)
@@ -182,7 +191,8 @@ def main(argv=None) -> dict:
     for data in args.data:
         for variant in args.algorithms:
             if data in args.grid_data:
-                grid = [run_case(data, variant, lr, args.seeds[0]) for lr in args.lrs]
+                lrs = sorted(set(args.lrs) | set(args.extra.get(variant, [])))
+                grid = [run_case(data, variant, lr, args.seeds[0]) for lr in lrs]
             else:   # the best rate of the grid on the first grid data
                 lr = results["cases"][f"{args.grid_data[0]}/{variant}"]["best_lr"]
                 grid = [run_case(data, variant, lr, args.seeds[0])]
