@@ -80,7 +80,8 @@ def make_config(args, data: str, variant: str, lr: float, seed: int):
 def _key(record: dict, cap: int) -> tuple:
     rtt = record.get("rounds_to_target")
     ok = record["status"] == "ok"
-    return (rtt if (ok and rtt is not None) else cap + 1, -(record.get("final_acc_min") or 0.0))
+    return (rtt if (ok and rtt is not None) else cap + 1, 0 if ok else 1,
+            -(record.get("final_acc_min") or 0.0))
 
 
 def _fmt_rounds(values: list, cap: int) -> str:
