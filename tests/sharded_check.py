@@ -1,6 +1,7 @@
 """Run by tests/test_sharding.py in a subprocess with 8 forced CPU devices.
 
-One case per fault or option (backends alternating between dense and gather where they apply).
+One case per fault or option (backends alternating between dense and gather where they apply),
+and one per algorithm of p2pl_jax/algorithms beyond p2pl / fedavg / local.
 For each case the same Simulator is built twice: once unsharded (the local phase in lax.map
 blocks of 2 devices, as on CPU by default) and once sharded over an 8-device mesh
 (`Simulator.shard`, which must switch to vmap). Both run ROUNDS rounds from the same initial
@@ -8,11 +9,13 @@ state: the sharded Simulator's own `init(0)` in the SHARDED_INIT cases (compared
 unsharded one), elsewhere the unsharded init state put into shard()'s layout. The JSON on stdout
 holds, per case:
 
-  diff        max |sharded - unsharded| over the init state, params, momentum and history
-  metrics     train_loss / links_up / devices_up of every round, unsharded and sharded
+  diff        max |sharded - unsharded| over the init state, params, momentum, history, the
+              algorithm's state (aux) and the message counters (comm)
+  metrics     train_loss / links_up / devices_up / messages of every round, unsharded and
+              sharded
   effect      max |unsharded - unsharded run without the fault| over params (parity is only
               meaningful when the fault changes the result); `off` says what "without" was
-  layout      per state leaf (params, momentum, history): full shape, the shapes of all its
+  layout      per state leaf (params, momentum, history, aux): full shape, the shapes of all its
               shards and the number of distinct devices holding them
   array_collectives  result shapes of the cross-device collectives of the sharded round's HLO
               that move arrays (scalar all-reduces of the round metrics are left out)
@@ -58,24 +61,40 @@ CASES = {
     "fedavg_dropouts": (dict(algorithm="fedavg", dropouts=True), dict(dropout_prob=0.3),
                         dict(dropout_prob=0.0)),
     "local": (dict(algorithm="local"), {}, None),
+    # The algorithms of p2pl_jax/algorithms, each with a fault it takes (and its own state).
+    "dpsgd_links": (dict(algorithm="dpsgd", backend="dense", link_failures=True, local_steps=3),
+                    dict(link_failure_prob=0.3), dict(link_failure_prob=0.0)),
+    "gradient_tracking_links_dropouts": (
+        dict(algorithm="gradient_tracking", backend="gather", link_failures=True,
+             dropouts=True), dict(link_failure_prob=0.2, dropout_prob=0.3),
+        dict(link_failure_prob=0.0, dropout_prob=0.0)),
+    "push_sum_exponential_asym": (
+        dict(algorithm="push_sum", graph="exponential", backend="gather", link_failures=True,
+             link_mode="asymmetric"), dict(link_failure_prob=0.3), dict(link_failure_prob=0.0)),
+    "choco_qsgd_dropouts": (dict(algorithm="choco", backend="dense", compressor="qsgd",
+                                 dropouts=True),
+                            dict(dropout_prob=0.3, consensus_step=0.5), dict(dropout_prob=0.0)),
 }
 # The no-fault baseline: the link_symmetric program with link_failure_prob 0 (the same maths as
 # the static graph's program, one compile fewer).
 BASELINE = "link_symmetric"
 # Cases whose sharded state comes from the sharded Simulator.init (one without, one with a delay
 # history); the others put the unsharded init state into shard()'s layout (a compile fewer each).
-SHARDED_INIT = ("link_symmetric", "delay_fixed")
+SHARDED_INIT = ("link_symmetric", "delay_fixed", "push_sum_exponential_asym")
 
 COLLECTIVE = re.compile(r"=\s*(\S.*?)\s+(all-gather|all-reduce|all-to-all|collective-permute|"
                         r"reduce-scatter)(-start)?\(")
 
 
-def make_sim(**kw):
+def make_sim(graph="random_regular", **kw):
     gen = np.random.default_rng(0)
     x = gen.normal(size=(N * 12, 4, 4, 1)).astype(np.float32)
     y = gen.integers(0, 10, size=N * 12)
     parts = [np.arange(i * 12, i * 12 + 6 + i % 5) for i in range(N)]   # unequal sizes
-    adj = graphs.adjacency(graphs.make_graph("random_regular", N, degree=3, seed=1))
+    if graph == "exponential":   # directed
+        adj = graphs.adjacency(graphs.make_graph("exponential", N))
+    else:
+        adj = graphs.adjacency(graphs.make_graph("random_regular", N, degree=3, seed=1))
     return simulation.Simulator(model=MLP(hidden_sizes=(8,)), x=x, y=y, parts=parts, adj=adj,
                                 batch_size=4, device_block=2, **kw)
 
@@ -99,7 +118,9 @@ def _run(sim, state, hp):
     for _ in range(ROUNDS):
         state, m = sim.step(state, hp)
         m = jax.device_get(m)
-        metrics.append({k: float(m[k]) for k in ("train_loss", "links_up", "devices_up")})
+        metrics.append({k: float(m[k]) for k in ("train_loss", "links_up", "devices_up",
+                                                  "messages_sent", "messages_delivered",
+                                                  "messages_sent_max")})
     return _host(state), metrics, state
 
 
@@ -161,12 +182,15 @@ def main():
             "diff": {"init": init_diff,
                      "params": _max_diff(final.params, final2.params),
                      "opt_state": _max_diff(final.opt_state, final2.opt_state),
-                     "history": _max_diff(final.history, final2.history)},
+                     "history": _max_diff(final.history, final2.history),
+                     "aux": _max_diff(final.aux, final2.aux),
+                     "comm": _max_diff(final.comm, final2.comm)},
             "metrics": {"plain": metrics, "sharded": metrics2},
             "off": "hparams " + json.dumps(off_kw) if off_kw is not None else "baseline",
             "_effect_vs": effect_vs,
             "layout": {"params": _layout(s2.params), "opt_state": _layout(s2.opt_state),
-                       "history": _layout(s2.history) if s2.history is not None else []},
+                       "history": _layout(s2.history) if s2.history is not None else [],
+                       "aux": _layout(s2.aux)},
             "array_collectives": _array_collectives(hlo),
             "seconds": time.perf_counter() - t0,
         }

@@ -16,77 +16,49 @@ link 4, dropout 5, graph 6, delay 7, burst 8), and then does everything else its
   * consensus as a float64 matrix product; FedAvg as the data-size average of the online devices.
 
 So a bug in rng tags, batch orders, the epoch loop, fault samplers, weights, the history buffer or
-the mixing backends cannot pass on both sides.
+the mixing backends cannot pass on both sides. The model, the local phase, the weights and the
+key derivation live in tests/reference.py (shared with test_algorithms.py).
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import (
+    BATCH,
+    BETA,
+    EDGES,
+    LR,
+    MODEL,
+    SIZES,
+    adjacency,
+    assert_close,
+    device,
+    make_data,
+    mix,
+    ref_local,
+    ref_weights,
+    stack,
+    tag,
+    tree,
+    uniform,
+)
+from reference import random_params as _random_params
+from reference import round_key as _round_key
 
 from p2pl_jax import simulation
 from p2pl_jax.local_update import make_optimizer
-from p2pl_jax.models import MLP, init_params
 
-SIZES = (7, 12, 20, 3, 9, 5)   # unequal: partial batches, devices idle while others train
-BATCH, LR, BETA, HIDDEN = 4, 0.1, 0.9, 8
-SHAPE = (4, 4, 1)
-EDGES = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (0, 2), (1, 4)]   # irregular degrees
 N = len(SIZES)
 ROUNDS = 3
-TAGS = {"round": 2, "local": 3, "link": 4, "drop": 5, "graph": 6, "delay": 7, "burst": 8}
 
 
 # ----------------------------------------------------------------------------- the reference
 
 
-def _loss(p, x, y):
-    h = x.reshape(x.shape[0], -1)
-    h = jax.nn.relu(h @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"])
-    logits = h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]
-    return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(y.shape[0]), y])
-
-
-_value_grad = jax.jit(jax.value_and_grad(_loss))
-
-
-def _uniform(key, shape):
-    return np.asarray(jax.random.uniform(key, shape))
-
-
-def _round_key(seed, r):
-    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), TAGS["round"]), r)
-
-
-def _tag(key, name):
-    return jax.random.fold_in(key, TAGS[name])
-
-
-def _tree(fn, *trees):
-    return jax.tree.map(fn, *trees)
-
-
-def _device(tree, n):
-    return _tree(lambda a: np.array(a[n]), tree)
-
-
-def _stack(trees):
-    return _tree(lambda *a: np.stack(a), *trees)
-
-
 def _ref_local(theta, mom, x, y, key, max_size, epochs):
     """One device's local phase: `epochs` passes over its data; returns theta, mom, mean loss."""
-    losses = []
-    for e in range(epochs):
-        u = _uniform(jax.random.fold_in(key, e), (max_size,))[:len(y)]
-        order = np.argsort(u, kind="stable")
-        for start in range(0, len(y), BATCH):
-            rows = order[start:start + BATCH]
-            loss, g = _value_grad(theta, jnp.asarray(x[rows]), jnp.asarray(y[rows]))
-            losses.append(float(loss))
-            mom = _tree(lambda gi, mi: np.asarray(gi, np.float32) + np.float32(BETA) * mi, g, mom)
-            theta = _tree(lambda t, m: t - np.float32(LR) * m, theta, mom)
-    return theta, mom, float(np.mean(losses))
+    return ref_local(theta, mom, x, y, key, max_size, epochs, lr=LR, beta=BETA)[:3]
 
 
 def _layout(adj, time_varying):
@@ -94,31 +66,6 @@ def _layout(adj, time_varying):
     cand = np.ones((N, N), bool) if time_varying else adj
     rows = [[n] + [m for m in range(N) if m != n and cand[n, m]] for n in range(N)]
     return rows, max(len(r) for r in rows)
-
-
-def _ref_weights(a, sizes, scheme):
-    """Mixing weights on the round graph a (a[n, m]: n hears m), entry by entry."""
-    deg = a.sum(axis=1)
-    w = np.zeros((N, N))
-    for n in range(N):
-        nb = [m for m in range(N) if a[n, m]]
-        if scheme == "data_size":
-            total = sizes[n] + sum(sizes[m] for m in nb)
-            for m in nb:
-                w[n, m] = sizes[m] / total
-            w[n, n] = sizes[n] / total
-        elif scheme == "uniform":
-            for m in nb + [n]:
-                w[n, m] = 1.0 / (deg[n] + 1)
-        elif scheme == "metropolis":
-            for m in nb:
-                w[n, m] = 1.0 / (1 + max(deg[n], deg[m]))
-            w[n, n] = 1.0 - w[n].sum()
-        elif scheme == "max_degree":
-            for m in nb:
-                w[n, m] = 1.0 / (deg.max() + 1)
-            w[n, n] = 1.0 - w[n].sum()
-    return w
 
 
 def _ref_round_graph(c, adj, hp, key, alive, events):
@@ -129,33 +76,33 @@ def _ref_round_graph(c, adj, hp, key, alive, events):
         cand[n, row[1:]] = True
     a = cand.copy()
     if c.get("time_varying") == "random_geometric":
-        pos = _uniform(_tag(key, "graph"), (N, 2))
+        pos = uniform(tag(key, "graph"), (N, 2))
         r2 = np.float32(hp["graph_radius"]) ** 2
         fresh = np.array([[np.sum(np.square(pos[n] - pos[m])) <= r2 for m in range(N)]
                           for n in range(N)])
         a &= fresh
     elif c.get("time_varying") == "erdos_renyi":
-        u = _uniform(_tag(key, "graph"), (N, N))
+        u = uniform(tag(key, "graph"), (N, N))
         a &= np.array([[u[min(n, m), max(n, m)] < np.float32(hp["graph_p"]) for m in range(N)]
                        for n in range(N)])
     if c.get("link_failures"):
         prob = np.float32(hp["link_failure_prob"])
         if c.get("link_bursts"):
-            burst = _uniform(_tag(key, "burst"), ()) < np.float32(hp["link_burst_prob"])
+            burst = uniform(tag(key, "burst"), ()) < np.float32(hp["link_burst_prob"])
             events.add("burst" if burst else "no burst")
             prob = np.float32(hp["link_burst_failure_prob"]) if burst else prob
         if c.get("link_mode", "symmetric") == "symmetric":
             if c.get("time_varying"):
-                u = _uniform(_tag(key, "link"), (N * N,))
+                u = uniform(tag(key, "link"), (N * N,))
                 edge_u = lambda n, m: u[min(n, m) * N + max(n, m)]
             else:
                 pairs = sorted((i, j) for i in range(N) for j in range(i + 1, N) if adj[i, j])
-                u = _uniform(_tag(key, "link"), (max(len(pairs), 1),))
+                u = uniform(tag(key, "link"), (max(len(pairs), 1),))
                 edge_u = lambda n, m: u[pairs.index((min(n, m), max(n, m)))]
             up = np.array([[cand[n, m] and edge_u(n, m) >= prob for m in range(N)]
                            for n in range(N)])
         else:
-            u = _uniform(_tag(key, "link"), (N, k_max))
+            u = uniform(tag(key, "link"), (N, k_max))
             up = np.zeros((N, N), bool)
             for n, row in enumerate(rows):
                 for k, m in enumerate(row[1:], start=1):
@@ -168,11 +115,6 @@ def _ref_round_graph(c, adj, hp, key, alive, events):
     return a, rows, k_max, cand.sum()
 
 
-def _mix(w, tree):
-    return _tree(lambda leaf: (w @ leaf.reshape(N, -1).astype(np.float64)).reshape(leaf.shape)
-                 .astype(np.float32), tree)
-
-
 def reference_run(c, data, adj, hp, params0, seed, rounds=ROUNDS):
     """Per-device reference of `rounds` rounds from params0 (momentum 0). Returns the params,
     momentum and metrics of every round, and the set of fault events that happened."""
@@ -182,47 +124,47 @@ def reference_run(c, data, adj, hp, params0, seed, rounds=ROUNDS):
     epochs = c.get("local_epochs", 1)
     algorithm = c.get("algorithm", "p2pl")
     after = c.get("momentum_after_consensus", "keep")
-    theta, mom = params0, _tree(np.zeros_like, params0)
+    theta, mom = params0, tree(np.zeros_like, params0)
     sent = []   # sent[t]: every device's parameters after the local phase of round t
     events, out = set(), []
     for r in range(rounds):
         key = _round_key(seed, r)
-        local_keys = jax.random.split(_tag(key, "local"), N)
+        local_keys = jax.random.split(tag(key, "local"), N)
         alive = None
         if c.get("dropouts"):
-            alive = _uniform(_tag(key, "drop"), (N,)) >= np.float32(hp["dropout_prob"])
+            alive = uniform(tag(key, "drop"), (N,)) >= np.float32(hp["dropout_prob"])
             if not alive.all():
                 events.add("offline")
         new_theta, new_mom, losses = [], [], []
         for n, p in enumerate(parts):
-            t_n, m_n = _device(theta, n), _device(mom, n)
+            t_n, m_n = device(theta, n), device(mom, n)
             if alive is None or alive[n]:
                 t_n, m_n, loss = _ref_local(t_n, m_n, x[p], y[p], local_keys[n], max_size,
                                             epochs)
                 losses.append(loss)
             new_theta.append(t_n)
             new_mom.append(m_n)
-        local, mom = _stack(new_theta), _stack(new_mom)
+        local, mom = stack(new_theta), stack(new_mom)
         sent.append(local)
         metrics = {"train_loss": np.mean(losses) if losses else 0.0,
                    "devices_up": 1.0 if alive is None else alive.mean(), "links_up": 1.0}
         if algorithm == "fedavg":
             pi = sizes * alive if alive is not None and alive.any() else sizes
             w = np.tile(pi / pi.sum(), (N, 1))
-            theta = _mix(w, local)
+            theta = mix(w, local)
         elif algorithm == "local":
             w, theta = None, local
         else:
             a, rows, k_max, links = _ref_round_graph(c, adj, hp, key, alive, events)
             metrics["links_up"] = a.sum() / links
-            w = _ref_weights(a, sizes, c.get("mixing_scheme", "data_size"))
+            w = ref_weights(a, sizes, c.get("mixing_scheme", "data_size"))
             d_max = c.get("max_delay", 0)
             if d_max:
                 if c.get("delay_mode", "fixed") == "fixed":
                     delays = np.full((N, k_max), d_max)
                 else:
                     delays = np.asarray(jax.random.randint(
-                        _tag(key, "delay"), (N, k_max), 0, d_max + 1, jnp.int32))
+                        tag(key, "delay"), (N, k_max), 0, d_max + 1, jnp.int32))
                 flat = lambda tree: [leaf.reshape(N, -1).astype(np.float64)
                                      for leaf in jax.tree.leaves(tree)]
                 cur = flat(local)
@@ -241,11 +183,11 @@ def reference_run(c, data, adj, hp, params0, seed, rounds=ROUNDS):
                     m.reshape(leaf.shape).astype(np.float32)
                     for m, leaf in zip(mixed, jax.tree.leaves(local))])
             else:
-                theta = _mix(w, local)
+                theta = mix(w, local)
         if after == "mix" and w is not None:
-            mom = _mix(w, mom)
+            mom = mix(w, mom)
         elif after == "reset" and w is not None:
-            mom = _tree(np.zeros_like, mom)
+            mom = tree(np.zeros_like, mom)
         out.append((theta, mom, metrics))
     return out, events
 
@@ -255,29 +197,15 @@ def reference_run(c, data, adj, hp, params0, seed, rounds=ROUNDS):
 
 @pytest.fixture(scope="module")
 def data():
-    g = np.random.default_rng(0)
-    total = sum(SIZES) + 6
-    x = g.normal(size=(total, *SHAPE)).astype(np.float32)
-    y = g.integers(0, 10, total)
-    perm = g.permutation(total)
-    parts = np.split(perm[:sum(SIZES)], np.cumsum(SIZES)[:-1])
-    return x, y, parts
+    return make_data(SIZES)
 
 
 def _adjacency():
-    adj = np.zeros((N, N), bool)
-    for i, j in EDGES:
-        adj[i, j] = adj[j, i] = True
-    return adj
-
-
-MODEL = MLP(hidden_sizes=(HIDDEN,), num_classes=10)
+    return adjacency(N, EDGES)
 
 
 def random_params(seed):
-    one = jax.eval_shape(lambda: init_params(MODEL, jax.random.PRNGKey(0), SHAPE))
-    g = np.random.default_rng(seed)
-    return _tree(lambda s: (0.5 * g.normal(size=(N, *s.shape))).astype(np.float32), one)
+    return _random_params(seed, N)
 
 
 def library_run(c, data, adj, hp, params0, seed, rounds=ROUNDS):
@@ -285,18 +213,18 @@ def library_run(c, data, adj, hp, params0, seed, rounds=ROUNDS):
     kw = {k: v for k, v in c.items() if k not in ("name", "events")}
     sim = simulation.Simulator(model=MODEL, x=x, y=y, parts=parts, adj=adj, batch_size=BATCH,
                                sync_mode="none", **kw)
-    params = _tree(jnp.asarray, params0)
+    params = tree(jnp.asarray, params0)
     state = sim.init(seed).replace(
         params=params, opt_state=jax.vmap(make_optimizer(0.0, 0.0).init)(params))
     if sim.spec.max_delay:
-        state = state.replace(history=_tree(
+        state = state.replace(history=tree(
             lambda leaf: jnp.broadcast_to(leaf, (sim.spec.max_delay + 1, *leaf.shape)), params))
     out = []
     for _ in range(rounds):
         state, metrics = sim.step(state, hp)
         momentum = jax.tree.unflatten(jax.tree.structure(state.params),
                                       [np.asarray(m) for m in jax.tree.leaves(state.opt_state)])
-        out.append((_tree(np.asarray, state.params), momentum,
+        out.append((tree(np.asarray, state.params), momentum,
                     {k: float(v) for k, v in metrics.items()}))
     return out, sim
 
@@ -344,12 +272,6 @@ CASES = [
 ]
 
 
-def _assert_close(got, want, what, rtol=2e-5, atol=2e-5):
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol,
-                                   err_msg=what)
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_round_equals_independent_reference(data, case):
     c = {k: v for k, v in case.items() if k not in ("name", "events")}
@@ -362,8 +284,8 @@ def test_round_equals_independent_reference(data, case):
     assert case["events"] <= events, f"the fault went untested: {case['events'] - events}"
     got, _ = library_run(c, data, adj, hp, params0, seed)
     for r, ((gp, gm, gmet), (wp, wm, wmet)) in enumerate(zip(got, want)):
-        _assert_close(gp, wp, f"params after round {r + 1}")
-        _assert_close(gm, wm, f"momentum after round {r + 1}")
+        assert_close(gp, wp, f"params after round {r + 1}")
+        assert_close(gm, wm, f"momentum after round {r + 1}")
         for k in ("train_loss", "links_up", "devices_up"):
             assert gmet[k] == pytest.approx(wmet[k], rel=1e-5, abs=1e-6), (k, r + 1)
 
@@ -376,5 +298,5 @@ def test_device_blocks_give_the_same_round(data):
                         _adjacency(), hp, params0, 5)[0] for b in (0, 2, 4)]
     for other in runs[1:]:
         for (gp, gm, _), (wp, wm, _) in zip(other, runs[0]):
-            _assert_close(gp, wp, "params", rtol=1e-6, atol=1e-6)
-            _assert_close(gm, wm, "momentum", rtol=1e-6, atol=1e-6)
+            assert_close(gp, wp, "params", rtol=1e-6, atol=1e-6)
+            assert_close(gm, wm, "momentum", rtol=1e-6, atol=1e-6)

@@ -1,5 +1,5 @@
 """Sharding the device axis over 8 (forced CPU) devices gives the unsharded result, for every
-fault and option (tests/sharded_check.py runs the cases in one subprocess)."""
+fault and option and every algorithm (tests/sharded_check.py runs the cases in one subprocess)."""
 
 import json
 import os
@@ -14,19 +14,26 @@ from p2pl_jax.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# One case per algorithm of p2pl_jax/algorithms beyond p2pl / fedavg / local, with the state
+# it keeps in SimState.aux (None: no state).
+ALGORITHM_CASES = {"dpsgd_links": None, "gradient_tracking_links_dropouts": "correction",
+                   "push_sum_exponential_asym": "weight", "choco_qsgd_dropouts": "public"}
 CASES = ("link_symmetric", "link_asymmetric", "link_bursts", "dropouts", "delay_fixed",
          "delay_random", "tv_random_geometric", "tv_erdos_renyi", "momentum_reset",
-         "momentum_mix", "fedavg_dropouts", "local")
+         "momentum_mix", "fedavg_dropouts", "local", *ALGORITHM_CASES)
 DELAYED = ("delay_fixed", "delay_random")
-DROPOUTS = ("dropouts", "fedavg_dropouts")
+DROPOUTS = ("dropouts", "fedavg_dropouts", "gradient_tracking_links_dropouts",
+            "choco_qsgd_dropouts")
 # links_up < 1: failed links, a sparse graph of the round, or p2pl links of offline devices
 LINKS_DOWN = ("link_symmetric", "link_asymmetric", "link_bursts", "tv_random_geometric",
-              "tv_erdos_renyi", "dropouts")
+              "tv_erdos_renyi", "dropouts", "dpsgd_links", "gradient_tracking_links_dropouts",
+              "push_sum_exponential_asym", "choco_qsgd_dropouts")
 BACKENDS = {"link_symmetric": "dense", "link_asymmetric": "gather", "link_bursts": "dense",
             "dropouts": "gather", "delay_fixed": "dense", "delay_random": "gather",
             "tv_random_geometric": "dense", "tv_erdos_renyi": "gather",
             "momentum_reset": "dense", "momentum_mix": "gather", "fedavg_dropouts": "global",
-            "local": "none"}
+            "local": "none", "dpsgd_links": "dense", "gradient_tracking_links_dropouts": "gather",
+            "push_sum_exponential_asym": "gather", "choco_qsgd_dropouts": "dense"}
 N, SHARDS, TOL = 16, 8, 1e-5
 
 
@@ -61,17 +68,25 @@ def test_sharded_equals_unsharded(result, case):
         assert d["history"] is None
     if d["init"] is not None:       # the cases that build the state with the sharded init
         assert d["init"] < TOL
+    if ALGORITHM_CASES.get(case):   # the algorithm's own state
+        assert d["aux"] is not None and d["aux"] < TOL
+    else:
+        assert d["aux"] is None
+    assert d["comm"] == 0           # message counters: integers, exactly equal
     plain, sharded = r["metrics"]["plain"], r["metrics"]["sharded"]
     assert len(plain) == len(sharded) == 3
     for a, b in zip(plain, sharded):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=TOL)
         assert a["links_up"] == pytest.approx(b["links_up"], abs=1e-6)
         assert a["devices_up"] == pytest.approx(b["devices_up"], abs=1e-6)
+        for k in ("messages_sent", "messages_delivered", "messages_sent_max"):
+            assert a[k] == b[k], k
 
 
 def test_sharded_init_was_checked(result):
     assert result["link_symmetric"]["diff"]["init"] is not None
     assert result["delay_fixed"]["diff"]["init"] is not None
+    assert result["push_sum_exponential_asym"]["diff"]["init"] is not None   # with aux
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -114,6 +129,15 @@ def test_state_is_split_over_8_devices(result, case):
             assert leaf["shard_shapes"] == [[3, N // SHARDS] + full[2:]]
     else:
         assert layout["history"] == []
+    if ALGORITHM_CASES.get(case):    # aux leaves [N, ...] split along N like the parameters
+        assert layout["aux"]
+        for leaf in layout["aux"]:
+            full = leaf["shape"]
+            assert full[0] == N
+            assert leaf["num_devices"] == SHARDS
+            assert leaf["shard_shapes"] == [[N // SHARDS] + full[1:]]
+    else:
+        assert layout["aux"] == []
 
 
 def _moves_floats(shapes):
@@ -123,7 +147,7 @@ def _moves_floats(shapes):
 
 @pytest.mark.parametrize("case", [c for c in CASES if c != "local"])
 def test_consensus_moves_parameters_between_devices(result, case):
-    """Consensus (p2pl, fedavg) reads other shards' parameters: the compiled round has
+    """Consensus (every algorithm but local) reads other shards' parameters: the round has
     cross-device collectives of float arrays (not only the scalar metric all-reduces)."""
     assert _moves_floats(result[case]["array_collectives"]), result[case]["array_collectives"]
 
