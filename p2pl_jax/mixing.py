@@ -104,25 +104,29 @@ def neighbour_weights(idx: jax.Array, valid: jax.Array, sizes: jax.Array,
 
 
 def column_weights(idx: jax.Array, valid: jax.Array, rev: jax.Array, sizes: jax.Array,
-                   scheme: str) -> jax.Array:
+                   scheme: str, delivered: jax.Array | None = None) -> jax.Array:
     """float32 [N, K] column-stochastic weights on the receivers' lists (push-sum).
 
     Every sender m splits its mass over its closed out-neighbourhood with the weights `scheme`
     gives a receiver over its closed in-neighbourhood (so W is the scheme on the reversed graph,
-    transposed: column m sums to 1). valid[n, k]: n receives from idx[n, k] this round; rev:
-    `simulation.reverse_positions` of idx (lists of an undirected structure). Returns P with
-    P[n, k] = the share sender idx[n, k] gives n (P[n, 0] = what n keeps; 0 where invalid). A
-    message that does not arrive is not given: the sender keeps its share (mass conserved).
+    transposed: column m sums to 1). valid[n, k]: idx[n, k] sends to n this round; rev:
+    `simulation.reverse_positions` of idx (lists of an undirected structure). delivered (a
+    subset of valid, default valid): the messages that arrive; the share of one that does not
+    is kept by its sender (acknowledged push-sum: mass is conserved). Returns P with
+    P[n, k] = the share sender idx[n, k] gives n (P[n, 0] = what n keeps; 0 elsewhere).
     """
     idx = jnp.asarray(idx)
     n = idx.shape[0]
+    valid = jnp.asarray(valid, bool)
+    delivered = valid if delivered is None else jnp.asarray(delivered, bool)
     cols = jnp.arange(idx.shape[1])[None, :]
-    # valid_out[m, j]: m sends to idx[m, j] and it arrives (m is in the receiver's list at rev).
-    valid_out = (rev > 0) & jnp.asarray(valid, bool)[idx, rev]
-    w_out = neighbour_weights(idx, valid_out | (cols == 0), sizes, scheme)
-    given = jnp.where(jnp.asarray(valid, bool) & (idx != jnp.arange(n)[:, None]),
-                      w_out[idx, rev], 0.0)
-    return jnp.where(cols == 0, w_out[:, :1], given).astype(jnp.float32)
+    not_self = idx != jnp.arange(n)[:, None]
+    # out_of[m, j]: m sends to idx[m, j] (m is in the receiver's list at position rev[m, j]).
+    out_of = lambda mask: (rev > 0) & mask[idx, rev]
+    w_out = neighbour_weights(idx, out_of(valid) | (cols == 0), sizes, scheme)
+    lost = jnp.sum(jnp.where(out_of(valid & ~delivered) & (cols > 0), w_out, 0.0), axis=1)
+    given = jnp.where(delivered & not_self, w_out[idx, rev], 0.0)
+    return jnp.where(cols == 0, (w_out[:, 0] + lost)[:, None], given).astype(jnp.float32)
 
 
 def dense_from_lists(idx: jax.Array, weights: jax.Array, num_devices: int) -> jax.Array:

@@ -163,9 +163,13 @@ def participation_weights(pi: jax.Array, alive: jax.Array) -> jax.Array:
     return algorithms.fedavg.participation_weights(pi, alive)
 
 
-def _round_weights(kind: str, scheme: str, arrays: Arrays, valid: jax.Array) -> jax.Array:
+def _round_weights(kind: str, scheme: str, arrays: Arrays, offered: jax.Array,
+                   valid: jax.Array) -> jax.Array:
+    """The round's weights: a receiver's over what arrived (row), or a sender's split over what
+    it sent, keeping the share of what was lost (column)."""
     if kind == "column":
-        return mixing.column_weights(arrays.idx, valid, arrays.rev, arrays.sizes, scheme)
+        return mixing.column_weights(arrays.idx, offered, arrays.rev, arrays.sizes, scheme,
+                                     delivered=valid)
     return mixing.neighbour_weights(arrays.idx, valid, arrays.sizes, scheme)
 
 
@@ -226,7 +230,7 @@ def round_step(state: SimState, arrays: Arrays, hp: HParams, *, spec: Spec,
         offered, valid_k = arrays.valid, arrays.valid
         if spec.dynamic:
             offered, valid_k = _round_graph(spec, arrays, hp, key, state.round, alive)
-            w = _round_weights(algo.weights, spec.scheme, arrays, valid_k)
+            w = _round_weights(algo.weights, spec.scheme, arrays, offered, valid_k)
             links_up = network.links_up_fraction(arrays.valid, valid_k)
         sent, delivered = _per_sender(arrays.idx, offered), _per_sender(arrays.idx, valid_k)
     elif algo.weights == "server":   # one upload per online device, one broadcast to each

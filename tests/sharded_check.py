@@ -71,9 +71,8 @@ CASES = {
     "push_sum_exponential_asym": (
         dict(algorithm="push_sum", graph="exponential", backend="gather", link_failures=True,
              link_mode="asymmetric"), dict(link_failure_prob=0.3), dict(link_failure_prob=0.0)),
-    "choco_qsgd_dropouts": (dict(algorithm="choco", backend="dense", compressor="qsgd",
-                                 dropouts=True),
-                            dict(dropout_prob=0.3, consensus_step=0.5), dict(dropout_prob=0.0)),
+    "choco_qsgd": (dict(algorithm="choco", backend="dense", compressor="qsgd"),
+                   dict(consensus_step=0.5), dict(consensus_step=1.0)),
 }
 # The no-fault baseline: the link_symmetric program with link_failure_prob 0 (the same maths as
 # the static graph's program, one compile fewer).

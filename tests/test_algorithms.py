@@ -56,8 +56,10 @@ from reference import (
     uniform,
 )
 
-from p2pl_jax import algorithms, checkpoint, graphs, simulation
+from configs import smoke
+from p2pl_jax import algorithms, checkpoint, graphs, runner, simulation
 from p2pl_jax import rng as lib_rng
+from p2pl_jax.errors import ConfigError
 from p2pl_jax.local_update import make_optimizer
 
 N = len(SIZES)
@@ -107,22 +109,15 @@ SIMS = {
                            local_steps=3, mixing_scheme="max_degree"),
     "choco-random_k-E1": dict(algorithm="choco", compressor="random_k", compress_ratio=0.25,
                               momentum_after_consensus="reset", backend="gather"),
-    "choco-qsgd-drop-T3": dict(algorithm="choco", compressor="qsgd", qsgd_bits=2, dropouts=True,
-                               local_steps=3),
+    "choco-qsgd-T3": dict(algorithm="choco", compressor="qsgd", qsgd_bits=2, local_steps=3),
     "choco-sign-T1": dict(algorithm="choco", compressor="sign", local_steps=1),
 }
 for _name in algorithms.ALGORITHMS:   # one device, 3 local steps (two epochs of 7 samples)
     SIMS[f"{_name}-N1"] = dict(algorithm=_name, n=1, local_steps=3)
 
-# Push-sum with lost messages: the documented rule (push_sum.py, mixing.column_weights,
-# docs/ALGORITHMS.md "acknowledged (sender keeps)") is that a sender splits its mass over the
-# out-neighbours it sends to and, learning which messages were lost, keeps their share; the
-# library splits over the links that arrive instead (with lost="arrived" in the reference's
-# column_weights this case passes: everything else matches).
-LOST_SHARE = ("push_sum: a sender's shares are computed on the links that arrive "
-              "(mixing.column_weights gets the round's surviving graph), not split over the "
-              "messages it sends with the lost ones' share kept, as push_sum.py, "
-              "column_weights and docs/ALGORITHMS.md document")
+# Push-sum with lost messages: a sender splits its mass over the out-neighbours it sends to and,
+# learning which messages were lost, keeps their share (push_sum.py, mixing.column_weights,
+# docs/ALGORITHMS.md "acknowledged (sender keeps)"); the reference's default rule.
 
 # Reference cases: sim, hyperparameters, momenta to run, fault events that must happen.
 CASES = {
@@ -138,8 +133,7 @@ CASES = {
                              events=set()),
     "push-directed-asym-links-dropouts-T3": dict(
         sim="push-directed-asym-drop-T3", p=0.3, drop=0.25, momenta=(BETA, 0.0),
-        events={"link down", "offline", "one-way link", "lost message"},
-        marks=pytest.mark.xfail(strict=True, reason=LOST_SHARE)),
+        events={"link down", "offline", "one-way link", "lost message"}),
     "push-tv-exponential-data_size-T1-reset": dict(sim="push-tvexp-datasize-T1",
                                                    momenta=(BETA,), events=set()),
     "push-metropolis-E1": dict(sim="push-metropolis-E1", momenta=(0.0,), events=set()),
@@ -149,8 +143,7 @@ CASES = {
                                       events=set()),
     "choco-random_k-E1-reset": dict(sim="choco-random_k-E1", gamma=0.8, momenta=(BETA,),
                                     events=set()),
-    "choco-qsgd-T3-dropouts": dict(sim="choco-qsgd-drop-T3", gamma=0.5, drop=0.25,
-                                   momenta=(BETA, 0.0), events={"offline"}),
+    "choco-qsgd-T3": dict(sim="choco-qsgd-T3", gamma=0.5, momenta=(BETA, 0.0), events=set()),
     "choco-sign-T1-gather": dict(sim="choco-sign-T1", gamma=0.4, momenta=(0.0,), events=set()),
 }
 
@@ -435,25 +428,14 @@ def test_round_equals_independent_reference(case):
         assert_rounds_equal(got, want)
 
 
-# CHOCO under dropouts: every neighbour of m is taken to hold the same x_hat_m, but a device
-# that is offline in a round does not receive its neighbours' q_m of that round (drop_devices
-# cuts its links), so from its next online round on it mixes with copies it never received.
-CHOCO_COPIES = ("choco with dropouts: an offline device misses its online neighbours' q_m, "
-                "yet later mixes with the up-to-date shared x_hat_m (aux 'public'), the stale-"
-                "copy problem choco.py gives for refusing link failures; refuse dropouts, or "
-                "model the copies a device received (or count a resync)")
-
-
-@pytest.mark.xfail(strict=True, reason=CHOCO_COPIES)
-def test_choco_dropouts_mix_the_copies_each_device_received():
-    """Device by device, with each device's own copies of its neighbours' x_hat."""
-    name, seed = "choco-qsgd-drop-T3", 3
-    params0 = random_params(seed, N)
-    want, events = reference_run(name, params0, seed, drop=0.25, gamma=0.5, copies="own",
-                                 rounds=5)
-    assert {"offline", "stale copy"} <= events
-    got = library_run(sim(name), hparams(drop=0.25, gamma=0.5), params0, seed, rounds=5)
-    assert_rounds_equal(got, want)
+def test_choco_refuses_dropouts():
+    """CHOCO under dropouts would need per-device copies: an offline device misses its
+    neighbours' q_m of that round, yet every neighbour of m is taken to hold the same x_hat_m.
+    (The reference's copies="own" models them; the library refuses the combination.)"""
+    c = smoke.get_config()
+    c.algorithm, c.dropout_prob = "choco", 0.3
+    with pytest.raises(ConfigError, match="dropout_prob=0.3 does not apply to algorithm=choco"):
+        runner.validate(c)
 
 
 def test_default_schemes_and_message_sizes():
@@ -469,7 +451,7 @@ def test_default_schemes_and_message_sizes():
     assert sim("choco-none-T1").message_bytes == 4 * p
     assert sim("choco-top_k-T3").message_bytes == 8 * (1 + 13 + 1 + 8)          # ratio 0.1
     assert sim("choco-random_k-E1").message_bytes == 8 * (2 + 32 + 3 + 20)       # ratio 0.25
-    assert sim("choco-qsgd-drop-T3").message_bytes == sum(4 + math.ceil(d * 3 / 8)
+    assert sim("choco-qsgd-T3").message_bytes == sum(4 + math.ceil(d * 3 / 8)
                                                           for d in leaves)
     assert sim("choco-sign-T1").message_bytes == sum(4 + math.ceil(d / 8) for d in leaves)
 
@@ -484,7 +466,7 @@ def test_exponential_graph_is_the_documented_one():
 SUITE = {"p2pl": "p2pl-T1", "fedavg": "fedavg-N1", "local": "local-N1",
          "centralized": "centralized-N1", "dpsgd": "dpsgd-sym-drop-T3",
          "gradient_tracking": "gt-sym-drop-T3", "push_sum": "push-directed-asym-drop-T3",
-         "choco": "choco-qsgd-drop-T3"}
+         "choco": "choco-qsgd-T3"}
 SUITE_HP = dict(p=0.3, drop=0.25, gamma=0.5)
 
 

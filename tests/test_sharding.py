@@ -17,23 +17,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One case per algorithm of p2pl_jax/algorithms beyond p2pl / fedavg / local, with the state
 # it keeps in SimState.aux (None: no state).
 ALGORITHM_CASES = {"dpsgd_links": None, "gradient_tracking_links_dropouts": "correction",
-                   "push_sum_exponential_asym": "weight", "choco_qsgd_dropouts": "public"}
+                   "push_sum_exponential_asym": "weight", "choco_qsgd": "public"}
 CASES = ("link_symmetric", "link_asymmetric", "link_bursts", "dropouts", "delay_fixed",
          "delay_random", "tv_random_geometric", "tv_erdos_renyi", "momentum_reset",
          "momentum_mix", "fedavg_dropouts", "local", *ALGORITHM_CASES)
 DELAYED = ("delay_fixed", "delay_random")
-DROPOUTS = ("dropouts", "fedavg_dropouts", "gradient_tracking_links_dropouts",
-            "choco_qsgd_dropouts")
+DROPOUTS = ("dropouts", "fedavg_dropouts", "gradient_tracking_links_dropouts")
 # links_up < 1: failed links, a sparse graph of the round, or p2pl links of offline devices
 LINKS_DOWN = ("link_symmetric", "link_asymmetric", "link_bursts", "tv_random_geometric",
               "tv_erdos_renyi", "dropouts", "dpsgd_links", "gradient_tracking_links_dropouts",
-              "push_sum_exponential_asym", "choco_qsgd_dropouts")
+              "push_sum_exponential_asym")
 BACKENDS = {"link_symmetric": "dense", "link_asymmetric": "gather", "link_bursts": "dense",
             "dropouts": "gather", "delay_fixed": "dense", "delay_random": "gather",
             "tv_random_geometric": "dense", "tv_erdos_renyi": "gather",
             "momentum_reset": "dense", "momentum_mix": "gather", "fedavg_dropouts": "global",
             "local": "none", "dpsgd_links": "dense", "gradient_tracking_links_dropouts": "gather",
-            "push_sum_exponential_asym": "gather", "choco_qsgd_dropouts": "dense"}
+            "push_sum_exponential_asym": "gather", "choco_qsgd": "dense"}
 N, SHARDS, TOL = 16, 8, 1e-5
 
 

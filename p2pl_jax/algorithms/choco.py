@@ -7,13 +7,13 @@ Every device n holds x_n and a public copy x_hat_n that all its neighbours hold 
     x_hat+  = x_hat + q                                    (by the sender and its neighbours)
     x+      = half + gamma (W x_hat+ - x_hat+)
 This is the paper's Algorithm 2 with T local steps in place of one. With Q = identity and
-gamma = 1, x+ = W half: P2PL. An offline device (dropout) sends nothing (q = 0) and keeps x.
+gamma = 1, x+ = W half: P2PL.
 Compressors (p2pl_jax/compression.py): none, top_k, random_k, qsgd, sign, per tensor.
 Messages: the compressed q (its real size, see compression.message_bytes).
 Needs symmetric doubly stochastic weights (metropolis default, max_degree) on an undirected
-static graph; link failures and time-varying graphs are refused: every neighbour of n must
-apply the same q_n to its copy of x_hat_n, and a lost message (or a new neighbour) would
-leave that copy stale, which needs per-link copies (K times the model memory).
+static graph; every fault is refused: every neighbour of n must apply the same q_n to its
+copy of x_hat_n, and a lost message, a new neighbour or an offline device (which misses its
+neighbours' q) would leave a copy stale, which needs per-link copies (K times the memory).
 """
 
 import jax
@@ -23,7 +23,7 @@ from p2pl_jax import compression, rng
 from p2pl_jax.algorithms.base import Algorithm
 
 _COPIES = ("every neighbour holds one shared public copy x_hat_n; a lost message or a new "
-           "neighbour would leave its copy stale (needs per-link copies, not modelled)")
+           "neighbour would leave a copy stale (needs per-link copies, not modelled)")
 _SYMMETRIC = "CHOCO's consensus step needs a symmetric doubly stochastic W"
 
 
@@ -37,10 +37,6 @@ def communicate(rnd, params, aux, local):
     diff = jax.tree.map(jnp.subtract, half, aux["public"])
     q = compression.compress(rng.compress_key(rnd.key), diff, spec.compressor,
                              ratio=spec.compress_ratio, bits=spec.qsgd_bits)
-    if spec.dropouts:
-        on = rnd.alive
-        q = jax.tree.map(lambda a: jnp.where(on.reshape((-1,) + (1,) * (a.ndim - 1)), a, 0.0),
-                         q)
     public = jax.tree.map(jnp.add, aux["public"], q)
     mixed = rnd.mix(public)
     gamma = rnd.hp.consensus_step
@@ -51,11 +47,13 @@ def communicate(rnd, params, aux, local):
 ALGORITHM = Algorithm(
     name="choco", paper="Koloskova, Stich & Jaggi, ICML 2019 (CHOCO-SGD)", weights="row",
     communicate=communicate, schemes=("metropolis", "max_degree"),
-    default_scheme="metropolis", faults=frozenset({"dropouts"}), directed=False,
+    default_scheme="metropolis", faults=frozenset(), directed=False,
     momentum_modes=("keep", "reset"), init=init, compresses=True,
     message_bytes=lambda sizes, spec: compression.message_bytes(
         sizes, spec.compressor, ratio=spec.compress_ratio, bits=spec.qsgd_bits),
     why={"mixing": _SYMMETRIC + " (metropolis and max_degree are, on an undirected graph)",
          "link_failures": _COPIES, "asymmetric": _COPIES, "bursts": _COPIES,
-         "time_varying": _COPIES, "delays": _COPIES, "directed": _SYMMETRIC,
+         "time_varying": _COPIES, "delays": _COPIES, "dropouts": _COPIES.replace(
+             "a lost message", "an offline device (it misses its neighbours' q)"),
+         "directed": _SYMMETRIC,
          "momentum_after_consensus": "momentum is not part of the public copies"})
