@@ -67,6 +67,9 @@ def requested_faults(c) -> dict[str, str]:
     return on
 
 
+_REMEDY = {"asymmetric": "link_failure_mode=symmetric", "time_varying": "time_varying=False"}
+
+
 def _accepting(test) -> str:
     names = [a.name for a in _REGISTRY.values() if test(a)]
     return ", ".join(names) if names else "none"
@@ -89,7 +92,7 @@ def check_config(c) -> None:
             raise ConfigError(
                 f"{setting} does not apply to {shown}" + (f" ({why})" if why else "")
                 + "; allowed: algorithm=" + _accepting(lambda a, f=fault: f in a.faults)
-                + f", or {setting.split('=')[0]} off")
+                + ", or " + _REMEDY.get(fault, f"{setting.split('=')[0]} off"))
     if c.directed and algo.uses_graph and not algo.directed:
         raise ConfigError(f"directed=True (a directed graph) is not accepted by {shown} "
                           f"({algo.why.get('directed', 'it needs an undirected graph')}); "
