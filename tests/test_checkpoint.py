@@ -117,6 +117,22 @@ def _steps_in(folder: Path) -> list[int]:
 
 # --- the real CLI: SIGKILL, resume, SIGTERM, resume -----------------------------------------
 
+def test_a_checkpoint_of_the_old_format_is_refused_plainly(tmp_path, monkeypatch):
+    """Format 1 (before the algorithm state and message counters) cannot be resumed: the error
+    says so and names the folder, it is not reported as corrupt."""
+    monkeypatch.setattr(checkpoint, "FORMAT", 1)
+    ck = checkpoint.Checkpointer(str(tmp_path / "ck"))
+    ck.save(3, _fake_state(1.0), {"fingerprint": {}, "records": [], "rounds_to_target": None,
+                                  "wall_s": 0.0})
+    ck.close()
+    monkeypatch.undo()
+    ck = checkpoint.Checkpointer(str(tmp_path / "ck"))
+    with pytest.raises(ConfigError, match="older p2pl-jax.*format 1") as e:
+        ck.restore()
+    assert "corrupt" not in str(e.value) and str(tmp_path / "ck" / "3") in str(e.value)
+    ck.close()
+
+
 def test_sigkill_sigterm_then_resume_equals_uninterrupted_run(tmp_path, tmp_path_factory,
                                                               mnist_dir):
     env = cli_env(tmp_path_factory)
