@@ -10,8 +10,9 @@ random geometric graph (radius 0.2 in the unit square; the same graph for every 
 seed), one local epoch of SGD (batch 10, momentum 0.9) between two communications for every
 algorithm, max norm sync at phase 0 (FedAvg: one shared init). Algorithms: p2pl (data_size
 weights), dpsgd (metropolis), gradient_tracking (metropolis), push_sum (uniform
-column-stochastic), choco with top_k 1% and with qsgd 4 bits (metropolis, consensus step
---consensus_step), fedavg (server, all devices every round).
+column-stochastic), choco with top_k 1% and with qsgd 4 bits (metropolis; consensus step 1
+at every rate, and each of --gammas at the smallest rate), fedavg (server, all devices every
+round).
 
 rounds to target: the first round after whose communication every device's model reaches the
 target test accuracy (all 10,000 MNIST test images), exact to the round (evaluated every
@@ -57,7 +58,7 @@ VARIANTS = {
 DATA = {"iid": {"partition": "iid"}, "shards": {"partition": "shards", "shards_per_device": 2}}
 
 
-def make_config(args, data: str, variant: str, lr: float, seed: int):
+def make_config(args, data: str, variant: str, lr: float, seed: int, gamma: float = 1.0):
     c = mnist.get_config()
     c.num_devices = args.num_devices
     c.samples_per_device = args.samples
@@ -71,7 +72,7 @@ def make_config(args, data: str, variant: str, lr: float, seed: int):
     c.seed = seed
     c.progress = False
     c.tensorboard = False
-    c.consensus_step = args.consensus_step
+    c.consensus_step = gamma
     for k, v in {**DATA[data], **VARIANTS[variant]}.items():
         c[k] = v
     return c
@@ -132,7 +133,9 @@ def parse_args(argv=None):
     ap.add_argument("--algorithms", default=",".join(VARIANTS),
                     help="comma list of " + ", ".join(VARIANTS))
     ap.add_argument("--radius", type=float, default=None, help="RGG radius (0.2; 0.7 quick)")
-    ap.add_argument("--consensus_step", type=float, default=1.0, help="choco's gamma")
+    ap.add_argument("--gammas", default="0.05,0.3",
+                    help="choco's consensus steps added to its grid, each at the smallest "
+                         "learning rate (gamma 1 runs at every rate)")
     ap.add_argument("--eval_every", type=int, default=3)
     ap.add_argument("--workdir", default="runs/compare_algorithms")
     ap.add_argument("--quick", action="store_true", help="tiny scale: checks the script only")
@@ -144,6 +147,7 @@ def parse_args(argv=None):
         if getattr(args, field) is None:
             setattr(args, field, small if args.quick else full)
     args.lrs = [float(v) for v in args.lrs.split(",") if v]
+    args.gammas = [float(v) for v in (args.gammas or "").split(",") if v]
     args.extra = {}
     for item in (args.extra_lrs or "").split(";"):
         if item.strip():
@@ -172,34 +176,42 @@ def main(argv=None) -> dict:
         f"graph radius {args.radius}, 1 local epoch (batch 10, momentum 0.9) per round, target "
         f"{args.target:.0%} on every device, round cap {args.rounds}, evaluated every "
         f"{args.eval_every} rounds with exact backfill; learning-rate grid {args.lrs} "
-        f"(extra: {args.extra or 'none'}) on seed "
+        f"(extra: {args.extra or 'none'}; choco also consensus steps {args.gammas} at the "
+        f"smallest rate) on seed "
         f"{args.seeds[0]} ({' / '.join(args.grid_data)}; other data at the best rate of "
         f"{args.grid_data[0]}), then seeds {args.seeds} at the best rate.")
     print(protocol, flush=True)
     results: dict = {"protocol": protocol, "machine": info, "cases": {}}
 
-    def run_case(data, variant, lr, seed):
-        c = make_config(args, data, variant, lr, seed)
-        workdir = os.path.join(args.workdir, data, variant, f"lr{lr:g}", f"seed{seed}")
-        rec = run_or_reuse(c, workdir, name=f"{data}/{variant} lr={lr:g} seed {seed}")
+    def run_case(data, variant, lr, seed, gamma=1.0):
+        c = make_config(args, data, variant, lr, seed, gamma)
+        tag = f"lr{lr:g}" + ("" if gamma == 1.0 else f"_gamma{gamma:g}")
+        workdir = os.path.join(args.workdir, data, variant, tag, f"seed{seed}")
+        rec = run_or_reuse(c, workdir, name=f"{data}/{variant} {tag} seed {seed}")
         return {k: rec.get(k) for k in (
             "status", "rounds_to_target", "final_acc_min", "final_acc_mean", "rounds_run",
             "bytes_to_target", "bytes_per_device_to_target", "bytes_total", "message_bytes",
             "train_wall_s", "eval_time_s", "compile_time_s", "wall_time_s")} | {
             "workdir": workdir, "s_per_round": per_round(rec) if rec["status"] == "ok"
-            else None, "lr": lr, "seed": seed}
+            else None, "lr": lr, "gamma": gamma, "seed": seed}
 
     for data in args.data:
         for variant in args.algorithms:
             if data in args.grid_data:
                 lrs = sorted(set(args.lrs) | set(args.extra.get(variant, [])))
                 grid = [run_case(data, variant, lr, args.seeds[0]) for lr in lrs]
+                if VARIANTS[variant]["algorithm"] == "choco":
+                    grid += [run_case(data, variant, min(lrs), args.seeds[0], g)
+                             for g in args.gammas if g != 1.0]
             else:   # the best rate of the grid on the first grid data
-                lr = results["cases"][f"{args.grid_data[0]}/{variant}"]["best_lr"]
-                grid = [run_case(data, variant, lr, args.seeds[0])]
+                first = results["cases"][f"{args.grid_data[0]}/{variant}"]
+                grid = [run_case(data, variant, first["best_lr"], args.seeds[0],
+                                 first["best_gamma"])]
             best = min(grid, key=lambda r: _key(r, args.rounds))
-            seeds = [best] + [run_case(data, variant, best["lr"], s) for s in args.seeds[1:]]
+            seeds = [best] + [run_case(data, variant, best["lr"], s, best["gamma"])
+                              for s in args.seeds[1:]]
             results["cases"][f"{data}/{variant}"] = {"grid": grid, "best_lr": best["lr"],
+                                                     "best_gamma": best["gamma"],
                                                      "seeds": seeds}
     table = report(args, results)
     print(table)
@@ -231,7 +243,8 @@ def report(args, results: dict) -> str:
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for variant in args.algorithms:
             case = results["cases"][f"{data}/{variant}"]
-            grid = ", ".join(f"{g['lr']:g}: {g['rounds_to_target'] or '–'}"
+            grid = ", ".join(f"{g['lr']:g}" + ("" if g["gamma"] == 1.0 else f" γ {g['gamma']:g}")
+                             + f": {g['rounds_to_target'] or '–'}"
                              + ("" if g["status"] == "ok" else " (failed)")
                              for g in case["grid"])
             seeds = case["seeds"]
@@ -243,7 +256,8 @@ def report(args, results: dict) -> str:
             msg = seeds[0].get("message_bytes")
             speed = f"{np.median(spr):.2f}" if spr else "–"
             lines.append(
-                f"| {variant} | {grid} | {case['best_lr']:g} | "
+                f"| {variant} | {grid} | {case['best_lr']:g}"
+                + ("" if case["best_gamma"] == 1.0 else f" (γ {case['best_gamma']:g})") + " | "
                 f"{_fmt_rounds([s['rounds_to_target'] for s in seeds], args.rounds)} | "
                 f"{_fmt_mb([s['bytes_to_target'] for s in seeds])} | "
                 f"{_fmt_mb([s['bytes_per_device_to_target'] for s in seeds])} | "
