@@ -285,7 +285,9 @@ def figure(args, results: dict) -> None:
             run = results["cases"][f"{data}/{variant}"]["seeds"][0]
             b, mean, low = _curve(run["workdir"])
             if b:
-                line, = ax.plot(np.maximum(b, 1), mean, label=f"{variant} (lr {run['lr']:g})")
+                gamma = "" if run["gamma"] == 1.0 else f", γ {run['gamma']:g}"
+                line, = ax.plot(np.maximum(b, 1), mean,
+                                label=f"{variant} (lr {run['lr']:g}{gamma})")
                 ax.plot(np.maximum(b, 1), low, ls=":", color=line.get_color())
         ax.axhline(args.target, color="grey", lw=0.8)
         ax.set_xscale("log")
