@@ -28,6 +28,9 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
+from p2pl_jax import algorithms  # noqa: E402
+from p2pl_jax.errors import ConfigError  # noqa: E402
+
 # Config fields that name a setting, with the default that is left out of a label.
 _LABEL_FIELDS = (("topology", "complete"), ("mixing", "data_size"), ("partition", "iid"),
                  ("sync", "max_norm"), ("link_failure_prob", 0.0))
@@ -69,11 +72,9 @@ def load_run(path: str) -> Run:
 
 
 def _uses_graph(algorithm: str) -> bool:
-    from p2pl_jax import algorithms  # noqa: PLC0415
-
     try:
         return algorithms.get(algorithm).uses_graph
-    except Exception:  # noqa: BLE001 - a run of an unknown algorithm: label it by name
+    except ConfigError:   # a run of an unknown algorithm: label it by name
         return False
 
 

@@ -403,12 +403,11 @@ class Simulator:
         algo = self.algorithm_record = algorithms.get(algorithm)
         self.algorithm = algorithm
         self.sync_mode = algo.sync or sync_mode
-        faults = algo.faults
-        link_failures = bool(link_failures or link_bursts) and "link_failures" in faults
-        link_bursts = bool(link_bursts) and "bursts" in faults
-        dropouts = bool(dropouts) and "dropouts" in faults
-        time_varying = time_varying if "time_varying" in faults else ""
-        max_delay = int(max_delay) if "delays" in faults else 0
+        link_failures = bool(link_failures or link_bursts) and "link_failures" in algo.faults
+        link_bursts = bool(link_bursts) and "bursts" in algo.faults
+        dropouts = bool(dropouts) and "dropouts" in algo.faults
+        time_varying = time_varying if "time_varying" in algo.faults else ""
+        max_delay = int(max_delay) if "delays" in algo.faults else 0
         self.adj = np.asarray(adj, bool)
         self.diameter = graph_diameter(self.adj) if diameter == "auto" else diameter
         lists = graph_lists(self.adj, time_varying)

@@ -29,7 +29,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from p2pl_jax import consensus, mixing
+from p2pl_jax import consensus, mixing, network, rng
 
 # Faults an algorithm may accept (config fields in brackets):
 #   link_failures [link_failure_prob, link_failure_mode=symmetric], asymmetric
@@ -100,7 +100,6 @@ class Round:
         spec = self.spec
         if not spec.max_delay:
             return self.mix(message), history
-        from p2pl_jax import network, rng  # noqa: PLC0415 - keeps this module light
 
         history = jax.tree.map(lambda h, p: jnp.concatenate([p[None], h[:-1]]),
                                history, message)

@@ -8,6 +8,8 @@ local: every device trains on its own data, no communication.
 centralized: `local` with one device holding the union of the data.
 """
 
+import jax.numpy as jnp
+
 from p2pl_jax import consensus
 from p2pl_jax.algorithms.base import Algorithm
 
@@ -15,8 +17,6 @@ from p2pl_jax.algorithms.base import Algorithm
 def participation_weights(pi, alive):
     """FedAvg's average over the online devices: pi restricted to `alive`, renormalised
     (pi itself if no device is online: nobody trained, so every model is unchanged)."""
-    import jax.numpy as jnp  # noqa: PLC0415
-
     up = jnp.where(alive, pi, 0.0)
     total = up.sum()
     return jnp.where(total > 0, up / jnp.where(total > 0, total, 1.0), pi)
