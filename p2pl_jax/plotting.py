@@ -1,12 +1,16 @@
 """Figures from run directories (matplotlib, Agg backend; host-side only).
 
 A run directory is what `runner.run` writes: metrics.jsonl (one JSON object per evaluated round),
-config.json, summary.json, partition.json. Figures:
-  plot_runs         accuracy vs round (mean over devices, band = min..max over devices) and
-                    consensus distance (log scale) in a second panel; several runs overlaid.
-                    A curve can pool several seeds of one setting: the line is the mean over
-                    seeds of the device-mean accuracy, the band the min over seeds of acc_min to
-                    the max over seeds of acc_max.
+config.json, summary.json, partition.json; `load_run` reads one (a malformed file raises
+RunDataError naming it, a truncated last metrics line is skipped with a warning). Labels for
+runs plotted together: `default_labels` (the config fields that differ between them). Figures:
+  plot_runs         accuracy vs round per setting: the worst device's accuracy (acc_min, what
+                    rounds-to-target is about) solid, the device mean dashed, a light
+                    min..max band (up to MAX_BANDS settings), every point inside the y axis;
+                    consensus distance (log scale) in a second panel; the legend below both.
+                    A curve can pool several seeds of one setting: the lines are means over
+                    seeds, the band the min over seeds of acc_min to the max of acc_max.
+                    `figure_runs` returns the same figure unsaved.
   plot_rounds_to_target  bars of rounds-to-target, mean ± std over seeds; a hatched bar up to
                     the round cap for a setting that never reached the target.
   plot_partition    devices × classes heat map of partition.json label histograms, with the
@@ -22,53 +26,117 @@ import os
 from collections.abc import Sequence
 
 import matplotlib
+import matplotlib.figure
+import matplotlib.lines
+import matplotlib.patches
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 from matplotlib import ticker  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 
 from p2pl_jax import algorithms  # noqa: E402
 from p2pl_jax.errors import ConfigError  # noqa: E402
+from p2pl_jax.writers import NONFINITE  # noqa: E402
 
 # Config fields that name a setting, with the default that is left out of a label.
 _LABEL_FIELDS = (("topology", "complete"), ("mixing", "data_size"), ("partition", "iid"),
                  ("sync", "max_norm"), ("link_failure_prob", 0.0))
 
 
+class RunDataError(ConfigError):
+    """A run directory's file is malformed (names the file, and the line for metrics.jsonl)."""
+
+
 @dataclasses.dataclass
 class Run:
-    """One run directory's contents: metrics as arrays keyed by field (each [num_evals])."""
+    """One run directory's contents: metrics as arrays keyed by field (each [num_evals]).
+
+    warnings: what was skipped while reading (a truncated last line of metrics.jsonl)."""
 
     path: str
     metrics: dict[str, np.ndarray]
     config: dict
     summary: dict
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+
+def _number(value) -> float:
+    """A record value as a float; NaN for null (strict JSON's non-finite) or a non-number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    return float(value)
+
+
+def _read_metrics(metrics_path: str) -> tuple[list[dict], list[str]]:
+    """The records of a metrics.jsonl and warnings. A last line that is not a whole record (the
+    run was stopped while writing it) is skipped with a warning; any other malformed line, or no
+    record at all, raises RunDataError naming the file and line."""
+    try:
+        with open(metrics_path, encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
+    except OSError as e:
+        raise RunDataError(f"cannot read {metrics_path}: {e.strerror or e}") from e
+    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
+    rows, warnings = [], []
+    for k, (number, line) in enumerate(numbered):
+        try:
+            row = json.loads(line)
+            problem = (None if isinstance(row, dict) and math.isfinite(_number(row.get("round")))
+                       else "not a record with a numeric 'round'")
+        except json.JSONDecodeError as e:
+            row, problem = None, f"not valid JSON ({e.msg}, column {e.colno})"
+        if problem is None:
+            rows.append(row)
+        elif k == len(numbered) - 1 and rows:
+            warnings.append(f"{metrics_path} line {number} is incomplete ({problem}): the run "
+                            f"was probably stopped while writing it; plotting the {len(rows)} "
+                            "records before it")
+        else:
+            raise RunDataError(f"{metrics_path} line {number} is malformed: {problem}")
+    if not rows:
+        raise RunDataError(f"{metrics_path} has no records (an empty file: did the run stop "
+                           "before its first evaluation?)")
+    return rows, warnings
+
+
+def _read_json(path: str) -> dict:
+    """A run directory's JSON object file ({} when absent); RunDataError when malformed."""
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except OSError as e:
+        raise RunDataError(f"cannot read {path}: {e.strerror or e}") from e
+    except ValueError as e:   # JSONDecodeError, UnicodeDecodeError
+        raise RunDataError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(obj, dict):
+        raise RunDataError(f"{path} must hold a JSON object, not {type(obj).__name__}")
+    return obj
 
 
 def load_run(path: str) -> Run:
-    """Reads path/metrics.jsonl (required) and config.json, summary.json (optional)."""
+    """Reads path/metrics.jsonl (required) and config.json, summary.json (optional).
+
+    Raises FileNotFoundError when path or its metrics.jsonl does not exist, RunDataError when a
+    file is malformed or metrics.jsonl holds no record. A truncated last line of metrics.jsonl
+    is skipped and named in Run.warnings."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"run directory {path!r} does not exist")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path!r} is not a directory: give a run directory written by "
+                                "experiments.train")
     metrics_path = os.path.join(path, "metrics.jsonl")
     if not os.path.exists(metrics_path):
         raise FileNotFoundError(f"{metrics_path} not found: is {path!r} a run directory "
                                 "written by experiments.train?")
-    rows = []
-    with open(metrics_path) as f:
-        for line in f:
-            if line.strip():
-                rows.append(json.loads(line))
-    keys = sorted({k for r in rows for k in r})
-    metrics = {k: np.array([r.get(k, np.nan) for r in rows], dtype=float) for k in keys}
-
-    def read(name):
-        p = os.path.join(path, name)
-        if not os.path.exists(p):
-            return {}
-        with open(p) as f:
-            return json.load(f)
-
-    return Run(path=path, metrics=metrics, config=read("config.json"),
-               summary=read("summary.json"))
+    rows, warnings = _read_metrics(metrics_path)
+    keys = sorted({k for r in rows for k in r} - {NONFINITE})
+    metrics = {k: np.array([_number(r.get(k)) for r in rows], dtype=float) for k in keys}
+    return Run(path=path, metrics=metrics, config=_read_json(os.path.join(path, "config.json")),
+               summary=_read_json(os.path.join(path, "summary.json")), warnings=warnings)
 
 
 def _uses_graph(algorithm: str) -> bool:
@@ -78,17 +146,15 @@ def _uses_graph(algorithm: str) -> bool:
         return False
 
 
-def default_label(config: dict, fallback: str = "run") -> str:
-    """A short label from a run's config: the algorithm, then the fields that differ from the
-    headline setting (e.g. 'p2pl random_geometric metropolis p=0.5')."""
-    if not config:
-        return fallback
+def _describe(config: dict, *, present_only: bool = False) -> str:
+    """The algorithm, then the setting fields that differ from the headline setting. Absent
+    fields count as their defaults, or with present_only are left out (topology included)."""
     algo = config.get("algorithm", "p2pl")
+    fields = [(f, d) for f, d in _LABEL_FIELDS if not present_only or f in config]
     if not _uses_graph(algo):
-        return f"{algo} {config.get('partition', 'iid')}" if config.get(
-            "partition", "iid") != "iid" else algo
-    parts = [algo]
-    for field, default in _LABEL_FIELDS:
+        fields = [(f, d) for f, d in fields if f == "partition"]
+    parts = [str(algo)]
+    for field, default in fields:
         value = config.get(field, default)
         if field == "topology":
             parts.append(str(value))
@@ -98,17 +164,126 @@ def default_label(config: dict, fallback: str = "run") -> str:
     return " ".join(parts)
 
 
+def default_label(config: dict, fallback: str = "run") -> str:
+    """A short label from one run's config: the algorithm, then the fields that differ from the
+    headline setting (e.g. 'p2pl random_geometric metropolis p=0.5'); `fallback` without a
+    config. It does not tell apart runs that differ elsewhere (learning rate, seed): label runs
+    plotted together with `default_labels`."""
+    if not config:
+        return fallback
+    return _describe(config)
+
+
+# Config fields that do not change what a run computes (where it runs, what it logs): left out
+# of the labels built from the fields that differ between runs.
+_NOT_SETTINGS = frozenset({"checkpoint_every", "consensus_backend", "data_dir", "device_block",
+                           "distributed", "eval_device_chunk", "eval_example_chunk", "progress",
+                           "shard", "tensorboard", "workdir"})
+_FIRST_FIELDS = ("algorithm",) + tuple(f for f, _ in _LABEL_FIELDS)
+_MISSING = object()
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _text(value) -> str:
+    if value is _MISSING:
+        return "unset"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "x".join(_text(v) for v in value) or "[]"
+    return str(value)
+
+
+def _short_names(paths: Sequence[str]) -> list[str]:
+    """The shortest trailing parts of the paths that tell them apart ('lr0.05/seed0')."""
+    parts = [os.path.normpath(os.path.abspath(p)).split(os.sep) for p in paths]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return ["/".join(p[-1:]) for p in parts]
+
+
+def _unique(labels: list[str]) -> list[str]:
+    """Labels made unique by numbering repeats ('a', 'a (2)')."""
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
+    return out
+
+
+def differing_fields(configs: Sequence[dict]) -> list[str]:
+    """The config fields (nested ones dotted) whose values are not the same in all `configs`,
+    leaving out fields that do not change what a run computes; algorithm and the setting fields
+    of `default_label` first, seed last, the rest alphabetical."""
+    flat = [_flat(c) for c in configs]
+    keys = sorted({k for c in flat for k in c} - _NOT_SETTINGS)
+    differ = [k for k in keys if len({json.dumps(c[k], sort_keys=True, default=str)
+                                      if k in c else None for c in flat}) > 1]
+    rank = {k: i for i, k in enumerate(_FIRST_FIELDS)}
+    return sorted(differ, key=lambda k: (rank.get(k, len(rank)), k == "seed", k))
+
+
+def default_labels(configs: Sequence[dict], paths: Sequence[str]) -> list[str]:
+    """Unique labels for runs plotted together: the config fields that differ between them
+    ('learning_rate=0.05, seed=1'). Runs whose configs are all equal (or absent) are named by
+    the shortest distinguishing end of their directory paths; one run gets `default_label`."""
+    if len(configs) != len(paths):
+        raise ValueError(f"{len(configs)} configs for {len(paths)} paths")
+    names = _short_names(paths) if paths else []
+    if len(configs) == 1:
+        return [default_label(configs[0], names[0])]
+    fields = differing_fields(configs)
+    if not fields:
+        return _unique(names)
+    flat = [_flat(c) for c in configs]
+    labels = [", ".join(f"{k}={_text(c.get(k, _MISSING))}" for k in fields) for c in flat]
+    # Configs equal in every field shown (e.g. two copies of one run): add the directory.
+    counts = {label: labels.count(label) for label in labels}
+    labels = [f"{label} ({name})" if counts[label] > 1 else label
+              for label, name in zip(labels, names)]
+    return _unique(labels)
+
+
+def common_label(configs: Sequence[dict]) -> str | None:
+    """What all runs share, in `default_label`'s words ('p2pl cycle'), from its fields that are
+    equal in every config (a title for runs labelled by `default_labels`); None when they do
+    not share an algorithm."""
+    if not configs or not all(configs):
+        return None
+    shared = {k: configs[0][k] for k in _FIRST_FIELDS
+              if k in configs[0] and all(k in c and c[k] == configs[0][k] for c in configs)}
+    if "algorithm" not in shared:
+        return None
+    return _describe(shared, present_only=True)
+
+
 def _pool(runs: Sequence[Run]) -> dict[str, np.ndarray]:
     """Pools seeds on the union of their evaluated rounds: mean of acc_mean and consensus
-    distance over the seeds that have the round, min of acc_min, max of acc_max."""
+    distance over the seeds that have the round, min of acc_min, max of acc_max, and
+    acc_min_mean, the mean over seeds of the worst device's accuracy."""
     rounds = np.unique(np.concatenate([r.metrics["round"] for r in runs]))
     out = {"round": rounds}
-    for key, reduce in (("acc_mean", np.nanmean), ("acc_min", np.nanmin),
-                        ("acc_max", np.nanmax), ("consensus_distance", np.nanmean)):
+    for key, source, reduce in (("acc_mean", "acc_mean", np.nanmean),
+                                ("acc_min", "acc_min", np.nanmin),
+                                ("acc_max", "acc_max", np.nanmax),
+                                ("acc_min_mean", "acc_min", np.nanmean),
+                                ("consensus_distance", "consensus_distance", np.nanmean)):
         table = np.full((len(runs), len(rounds)), np.nan)
         for i, r in enumerate(runs):
-            if key in r.metrics:
-                table[i, np.searchsorted(rounds, r.metrics["round"])] = r.metrics[key]
+            if source in r.metrics:
+                table[i, np.searchsorted(rounds, r.metrics["round"])] = r.metrics[source]
         with np.errstate(all="ignore"):
             valid = ~np.all(np.isnan(table), axis=0)
             col = np.full(len(rounds), np.nan)
@@ -118,86 +293,156 @@ def _pool(runs: Sequence[Run]) -> dict[str, np.ndarray]:
     return out
 
 
-def _accuracy_floor(curves: Sequence[dict]) -> float:
-    """A lower y limit that keeps the region near the target readable: the 10th percentile of
-    the device-min accuracy over all curves, minus a margin (between 0 and 0.9)."""
-    mins = np.concatenate([c["acc_min"][~np.isnan(c["acc_min"])] for c in curves] or [[0.0]])
-    if mins.size == 0:
-        return 0.0
-    lo = float(np.percentile(mins, 10)) - 0.02
-    return float(np.clip(math.floor(lo * 20) / 20, 0.0, 0.9))
+def _accuracy_limits(values: np.ndarray, target: float | None) -> tuple[float, float]:
+    """y limits that show every plotted accuracy (and the target): the smallest value less a
+    margin, rounded down to 0.05, to the largest (or the target) plus a margin, at most 1."""
+    values = values[np.isfinite(values)]
+    lo_data = float(values.min()) if values.size else 0.0
+    hi_data = float(values.max()) if values.size else 1.0
+    if target is not None:
+        lo_data, hi_data = min(lo_data, target), max(hi_data, target)
+    lo = min(max(math.floor((lo_data - 0.02) * 20) / 20, 0.0), lo_data)
+    hi = max(min(math.ceil((hi_data + 0.01) * 20) / 20, 1.0), hi_data)
+    if hi - lo < 0.05:
+        lo = max(hi - 0.05, min(0.0, lo))
+    return lo, hi
 
 
-def plot_runs(groups: Sequence[tuple[str, Sequence[Run]]], out_png: str, *,
-              title: str | None = None, target: float | None = None,
-              ylim: tuple[float, float] | None = None) -> str:
-    """Accuracy vs round (band = device min..max) and consensus distance (log), one curve per
-    (label, runs) group; a group's runs are seeds of one setting, pooled as in `_pool`.
+class _PlainLogFormatter(ticker.LogFormatter):
+    """A log axis's tick labels as plain numbers ('0.4', not '4 x 10^-1')."""
 
-    Consensus distance is exactly 0 when all models are identical (complete graph, FedAvg);
-    such points cannot be drawn on a log axis and are marked at the bottom edge instead.
-    Returns out_png.
-    """
+    def _num_to_string(self, x, vmin, vmax):
+        return f"{x:g}"
+
+
+def _rows_first(blocks: Sequence[Sequence], ncol: int) -> list:
+    """Legend handles ordered so that a legend of `ncol` columns (filled column by column)
+    shows each block row by row, every block starting on a new row (blank entries pad)."""
+    grid = []
+    for block in blocks:
+        block = list(block)
+        rows = math.ceil(len(block) / ncol)
+        grid += [block[r * ncol:(r + 1) * ncol] for r in range(rows)]
+    blank = matplotlib.lines.Line2D([], [], alpha=0.0, label=" ")
+    grid = [row + [blank] * (ncol - len(row)) for row in grid]
+    return [grid[r][c] for c in range(ncol) for r in range(len(grid))]
+
+
+# More settings than this in one figure: no min-max bands (they overlap into one blur).
+MAX_BANDS = 3
+
+
+def figure_runs(groups: Sequence[tuple[str, Sequence[Run]]], *, title: str | None = None,
+                target: float | None = None, ylim: tuple[float, float] | None = None,
+                bands: bool | None = None) -> matplotlib.figure.Figure:
+    """The figure of `plot_runs` (not saved): axes[0] accuracy, axes[1] consensus distance."""
     if not groups:
         raise ValueError("plot_runs needs at least one group of runs")
-    curves = [(label, _pool(runs)) for label, runs in groups]
-    fig, (ax_acc, ax_cd) = plt.subplots(1, 2, figsize=(13, 4.8),
-                                        gridspec_kw={"width_ratios": [1.35, 1]})
+    curves = [(label, _pool(runs), len(runs)) for label, runs in groups]
+    bands = len(curves) <= MAX_BANDS if bands is None else bands
+    pooled = any(n > 1 for _, _, n in curves)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    zero_labels = []
-    for i, (label, c) in enumerate(curves):
+    rows = math.ceil(len(curves) / 3) + 2
+    fig, (ax_acc, ax_cd) = plt.subplots(1, 2, figsize=(13, 4.4 + 0.2 * rows),
+                                        layout="constrained",
+                                        gridspec_kw={"width_ratios": [1.35, 1]})
+    handles, keys, plotted, zero_any = [], [], [], False
+    for i, (label, c, seeds) in enumerate(curves):
         color = colors[i % len(colors)]
         r = c["round"]
-        seeds = len(groups[i][1])
-        text = label if seeds == 1 else f"{label} ({seeds} seeds)"
-        ok = ~np.isnan(c["acc_mean"])
-        marker = "o" if ok.sum() <= 25 else None
-        ax_acc.plot(r[ok], c["acc_mean"][ok], color=color, lw=1.8, label=text, marker=marker,
-                    ms=3)
-        band = ok & ~np.isnan(c["acc_min"]) & ~np.isnan(c["acc_max"])
-        ax_acc.fill_between(r[band], c["acc_min"][band], c["acc_max"][band], color=color,
-                            alpha=0.18, lw=0)
+        worst, mean = c["acc_min_mean"], c["acc_mean"]
+        ok_w, ok_m = ~np.isnan(worst), ~np.isnan(mean)
+        marker = "o" if ok_w.sum() <= 25 else None
+        ax_acc.plot(r[ok_w], worst[ok_w], color=color, lw=2.0, marker=marker, ms=3.5, zorder=3)
+        ax_acc.plot(r[ok_m], mean[ok_m], color=color, lw=1.1, ls="--", alpha=0.9, zorder=2)
+        plotted += [worst[ok_w], mean[ok_m]]
+        if bands:
+            band = ~np.isnan(c["acc_min"]) & ~np.isnan(c["acc_max"])
+            ax_acc.fill_between(r[band], c["acc_min"][band], c["acc_max"][band], color=color,
+                                alpha=0.10, lw=0, zorder=1)
+            plotted += [c["acc_min"][band], c["acc_max"][band]]
+        handles.append(matplotlib.lines.Line2D(
+            [], [], color=color, lw=2.0, marker=marker, ms=3.5,
+            label=label if seeds == 1 else f"{label} ({seeds} seeds)"))
         cd = c["consensus_distance"]
         pos = ~np.isnan(cd) & (cd > 0)
         if pos.any():
-            ax_cd.plot(r[pos], cd[pos], color=color, lw=1.8, label=label, marker=marker, ms=3)
+            ax_cd.plot(r[pos], cd[pos], color=color, lw=1.8, marker=marker, ms=3)
         zero = ~np.isnan(cd) & (cd <= 0)
         if zero.any():
-            zero_labels.append((label, color, r[zero]))
+            # Identical models (log axis): markers on the lower edge (axes coordinates for y).
+            zero_any = True
+            ax_cd.plot(r[zero], np.full(zero.sum(), 0.02), color=color, ls="none", marker="|",
+                       ms=8, transform=ax_cd.get_xaxis_transform())
+    worst_text = ("worst device (mean over seeds)" if pooled else "worst device") + " — solid"
+    keys.append(matplotlib.lines.Line2D([], [], color="0.25", lw=2.0, label=worst_text))
+    keys.append(matplotlib.lines.Line2D([], [], color="0.25", lw=1.1, ls="--",
+                                        label="device mean — dashed"))
+    if bands:
+        keys.append(matplotlib.patches.Patch(
+            color="0.25", alpha=0.18, lw=0,
+            label="band: device min–max" + (" over seeds" if pooled else "")))
     if target is not None:
-        ax_acc.axhline(target, color="k", ls="--", lw=1, label=f"target {target:.0%}")
-    lo = ylim[0] if ylim else _accuracy_floor([c for _, c in curves])
-    hi = ylim[1] if ylim else 1.0
-    ax_acc.set_ylim(lo, hi)
+        ax_acc.axhline(target, color="k", ls=":", lw=1.2, zorder=2)
+        keys.append(matplotlib.lines.Line2D([], [], color="k", ls=":", lw=1.2,
+                                            label=f"target {target:.0%}"))
+    if zero_any:
+        keys.append(matplotlib.lines.Line2D(
+            [], [], color="0.25", ls="none", marker="|", ms=8,
+            label="right panel, bottom edge: consensus distance 0 (identical models)"))
+    values = np.concatenate(plotted) if plotted else np.zeros(0)
+    if ylim is None:
+        ax_acc.set_ylim(*_accuracy_limits(values, target))
+    else:
+        ax_acc.set_ylim(*ylim)
+        below, above = int((values < ylim[0]).sum()), int((values > ylim[1]).sum())
+        cut = ([f"{below} points below {ylim[0]:g}"] if below else []) + (
+            [f"{above} points above {ylim[1]:g}"] if above else [])
+        if cut:
+            ax_acc.text(0.01, 0.01, " and ".join(cut) + " not shown", fontsize=8,
+                        transform=ax_acc.transAxes, va="bottom", color="C3")
     for ax in (ax_acc, ax_cd):
         ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-    ax_acc.set_xlabel("round")
-    ax_acc.set_ylabel("test accuracy (line: device mean; band: min–max)")
+        ax.set_xlabel("round")
+    ax_acc.set_ylabel("test accuracy")
     ax_acc.grid(alpha=0.3)
-    ax_acc.legend(fontsize=8, loc="lower right")
     ax_cd.set_yscale("log")
-    ax_cd.set_xlabel("round")
     ax_cd.set_ylabel("consensus distance  sqrt(mean ||θ_n − θ̄||²)")
     ax_cd.grid(alpha=0.3, which="both")
-    if zero_labels:
-        # Identical models: draw markers on the lower edge (axes coordinates for y).
-        trans = ax_cd.get_xaxis_transform()
-        for label, color, rounds in zero_labels:
-            ax_cd.plot(rounds, np.full(len(rounds), 0.02), color=color, ls="none", marker="|",
-                       ms=8, transform=trans, label=f"{label}: 0 (identical models)")
     low, high = ax_cd.get_ylim()
     plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
     ax_cd.yaxis.set_major_formatter(plain)
     if high / max(low, 1e-30) < 10:   # less than a decade: label the minor ticks too
         ax_cd.yaxis.set_minor_formatter(plain)
-    if ax_cd.get_legend_handles_labels()[0]:
-        ax_cd.legend(fontsize=8, loc="best")
-    else:
+    else:   # the minor ticks matplotlib labels (a few decades), in plain numbers
+        ax_cd.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))
+    if not ax_cd.lines:
         ax_cd.text(0.5, 0.5, "no consensus distance recorded", ha="center",
                    transform=ax_cd.transAxes)
+    # Outside the axes, below both panels, so it never covers a curve.
+    ncol = 3
+    fig.legend(handles=_rows_first([handles, keys], ncol), loc="outside lower center",
+               ncol=ncol, fontsize=8, frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    return fig
+
+
+def plot_runs(groups: Sequence[tuple[str, Sequence[Run]]], out_png: str, *,
+              title: str | None = None, target: float | None = None,
+              ylim: tuple[float, float] | None = None, bands: bool | None = None) -> str:
+    """Accuracy vs round and consensus distance (log), one colour per (label, runs) group; a
+    group's runs are seeds of one setting, pooled as in `_pool`.
+
+    Accuracy: the worst device's (acc_min, what rounds-to-target is about; with seeds, the mean
+    over seeds) as a solid line, the device mean dashed, and a light band from the device min
+    to max (over seeds), drawn when `bands` (default: at most MAX_BANDS groups). The y axis
+    shows every point unless `ylim` is given; points it leaves out are counted on the figure.
+    Consensus distance is exactly 0 when all models are identical (complete graph, FedAvg);
+    such points cannot be drawn on a log axis and are marked at the bottom edge instead.
+    The legend lies below the panels. Returns out_png.
+    """
+    fig = figure_runs(groups, title=title, target=target, ylim=ylim, bands=bands)
     _save(fig, out_png)
     return out_png
 
@@ -248,10 +493,19 @@ def plot_rounds_to_target(entries: Sequence[dict], out_png: str, *, cap: int,
 def plot_partition(partition_json: str, out_png: str, *, title: str | None = None) -> str:
     """Heat map of a partition: classes (rows) × devices (columns), the colour the share of the
     device's samples in that class; above it, each device's sample count. Returns out_png."""
-    with open(partition_json) as f:
-        part = json.load(f)
-    hist = np.asarray(part["label_histograms"], dtype=float)   # [N, C]
-    sizes = np.asarray(part.get("sizes", hist.sum(axis=1)), dtype=float)
+    if not os.path.exists(partition_json):
+        raise FileNotFoundError(f"{partition_json} not found (written by experiments.train "
+                                "next to metrics.jsonl)")
+    part = _read_json(partition_json)
+    try:
+        hist = np.asarray(part["label_histograms"], dtype=float)   # [N, C]
+        sizes = np.asarray(part.get("sizes", hist.sum(axis=-1)), dtype=float)
+        if hist.ndim != 2 or 0 in hist.shape or sizes.shape != hist.shape[:1]:
+            raise ValueError(f"label_histograms of shape {hist.shape}, sizes of shape "
+                             f"{sizes.shape}")
+    except (KeyError, TypeError, ValueError) as e:
+        raise RunDataError(f"{partition_json} is not a partition (label_histograms: devices x "
+                           f"classes counts, sizes: one per device): {e}") from e
     n, num_classes = hist.shape
     share = hist / np.maximum(hist.sum(axis=1, keepdims=True), 1.0)
     fig, (ax_size, ax_map) = plt.subplots(
@@ -275,8 +529,33 @@ def plot_partition(partition_json: str, out_png: str, *, title: str | None = Non
     return out_png
 
 
+def output_problem(path: str) -> str | None:
+    """Why a figure cannot be written to `path` (None when it can, as far as can be told before
+    writing): an empty name, an unknown image format, a directory, a parent that is a file, or a
+    folder without write permission."""
+    if not path:
+        return "is empty"
+    ext = os.path.splitext(path)[1].lstrip(".").lower()
+    formats = FigureCanvasAgg.get_supported_filetypes()
+    if ext and ext not in formats:
+        return f"has the unknown image format {ext!r}; allowed: {', '.join(sorted(formats))}"
+    full = os.path.abspath(path)
+    if os.path.isdir(full):
+        return "is a directory; give a file name such as fig.png"
+    parent = os.path.dirname(full)
+    while not os.path.exists(parent):   # missing folders are created: check the first that is
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"lies under {parent}, which is a file, not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK) or (
+            os.path.exists(full) and not os.access(full, os.W_OK)):
+        return f"is not writable (no write permission in {parent})"
+    return None
+
+
 def _save(fig, out_png: str) -> None:
-    folder = os.path.dirname(os.path.abspath(out_png))
-    os.makedirs(folder, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
+        fig.savefig(out_png, dpi=110)
+    finally:
+        plt.close(fig)
