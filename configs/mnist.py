@@ -88,6 +88,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.target_accuracy = 0.97         # target of rounds_to_target (every device must reach it)
     c.stop_at_target = True          # stop at the first evaluated round where all devices reach
     #                                  the target
+    c.divergence_loss_factor = 100.0  # a round whose train or test loss is above this x ln(number
+    #                                  of classes) (the loss of a uniform guess) counts as
+    #                                  diverged, like a non-finite metric or parameter: the run
+    #                                  stops with exit status 3. 0 = only non-finite values
     c.eval_device_chunk = 10         # models evaluated together (memory bound)
     c.eval_example_chunk = 2000      # test examples per chunk (memory bound)
 

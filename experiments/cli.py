@@ -5,12 +5,15 @@ file, unwritable workdir, corrupt or mismatched checkpoint), printed as one mess
 traceback; 3 training diverged; 130 interrupted (Ctrl-C or SIGTERM; rerun to resume).
 """
 
+import glob
+import os
 import re
-import signal
 import sys
 from collections.abc import Callable
 
 from absl import flags
+
+from p2pl_jax import interrupts, stages
 
 EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 
@@ -46,10 +49,40 @@ def flags_parser(usage: str, *config_flags) -> Callable[[list[str]], list[str]]:
     return parse
 
 
+def checkpoints_on_disk(pattern: str) -> str:
+    """What the checkpoint folders matching `pattern` (a glob) hold, in words, read from the
+    folder names only (orbax renames a step's folder into place once it is complete)."""
+    found = []
+    for folder in sorted(glob.glob(pattern)):
+        rounds = [int(n) for n in os.listdir(folder) if n.isdigit()] \
+            if os.path.isdir(folder) else []
+        if rounds:
+            found.append(f"round {max(rounds)} in {folder}")
+    if not found:
+        return (f"no checkpoint exists ({pattern} holds none); rerun the same command to "
+                "start again")
+    return (f"the checkpoint{'s' if len(found) > 1 else ''} of {', '.join(found)} "
+            f"{'are' if len(found) > 1 else 'is'} kept; rerun the same command to resume")
+
+
+def install_interrupts(checkpoint_pattern: str) -> None:
+    """Ctrl-C and SIGTERM at any moment end the command with status 130 and a true message
+    (p2pl_jax.interrupts); `checkpoint_pattern` globs the checkpoint folders it describes."""
+    interrupts.install(lambda: checkpoints_on_disk(checkpoint_pattern))
+    stages.reached("start")
+
+
+def interrupted(error: KeyboardInterrupt) -> None:
+    """Ends the command after the round loop stopped on a signal (and checkpointed)."""
+    interrupts.hard_exit(f"interrupted ({error})" if str(error) else "interrupted")
+
+
 def _sigterm(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 def sigterm_as_interrupt() -> None:
-    """SIGTERM outside the round loop stops like Ctrl-C (the loop itself checkpoints first)."""
+    """TEMP (until experiments.reproduce and experiments.sweep call install_interrupts)."""
+    import signal
+
     signal.signal(signal.SIGTERM, _sigterm)

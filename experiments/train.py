@@ -10,13 +10,15 @@ file, unwritable workdir, corrupt or mismatched checkpoint), printed as one mess
 traceback; 3 training diverged; 130 interrupted (Ctrl-C or SIGTERM; rerun to resume).
 """
 
+import os
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import cli
-from experiments.cli import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_USER_ERROR
+from experiments.cli import EXIT_DIVERGED, EXIT_USER_ERROR
 from p2pl_jax.errors import ConfigError
-from p2pl_jax.runner import DivergenceError, run
+from p2pl_jax.runner import CHECKPOINT_DIR, DivergenceError, run
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mnist.py", "Experiment config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs.", required=True)
@@ -31,7 +33,7 @@ def main(argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments: {argv[1:]}; pass config fields as --config.FIELD=VALUE",
               EXIT_USER_ERROR)
-    cli.sigterm_as_interrupt()   # checkpoint and stop, like Ctrl-C
+    cli.install_interrupts(os.path.join(_WORKDIR.value, CHECKPOINT_DIR))
     try:
         config = _CONFIG.value
         summary = run(config, _WORKDIR.value)
@@ -39,9 +41,8 @@ def main(argv):
         _fail(str(e), EXIT_USER_ERROR)
     except DivergenceError as e:
         _fail(str(e), EXIT_DIVERGED)
-    except KeyboardInterrupt:
-        _fail(f"interrupted; rerun the same command to resume from the checkpoint in "
-              f"{_WORKDIR.value}", EXIT_INTERRUPTED)
+    except KeyboardInterrupt as e:   # the round loop stopped on a signal and checkpointed
+        cli.interrupted(e)
     rtt = summary["rounds_to_target"]
     logging.info("done: %d rounds, rounds_to_target=%s, final acc min %.4f mean %.4f, %.1fs",
                  summary["rounds_run"], rtt, summary["final_acc_min"] or 0.0,

@@ -20,9 +20,12 @@ A checkpoint is only resumed by the config that wrote it: `fingerprint` is the c
 from __future__ import annotations
 
 import dataclasses
+import errno
+import hashlib
 import json
 import logging as pylogging
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -30,7 +33,8 @@ import numpy as np
 
 from p2pl_jax.errors import ConfigError
 
-FORMAT = 2   # 2: SimState gained the algorithm's `aux` and the message counters `comm`
+FORMAT = 3   # 2: SimState gained the algorithm's `aux` and the message counters `comm`;
+#              3: SHA-256 checksums of every array and of the meta
 # Config fields that may differ between the run that wrote a checkpoint and the run resuming it.
 RESUMABLE_FIELDS = ("rounds", "checkpoint_every", "progress", "tensorboard", "data_dir",
                     "eval_device_chunk", "eval_example_chunk", "device_block", "stop_at_target",
@@ -39,7 +43,42 @@ _STATE, _META = "state", "meta"
 
 
 class _OldFormat(Exception):
-    """A checkpoint of an earlier format."""
+    """A checkpoint of an earlier format (args: the format)."""
+
+
+class _Corrupt(Exception):
+    """A checkpoint that fails a check (args: what is wrong)."""
+
+
+_FORMATS = ("1 (before the algorithm interface), 2 (before checksums), 3 (SHA-256 checksums "
+            "of every array and of the meta)")
+
+
+def _sha256(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).data).hexdigest()
+
+
+def _meta_digest(meta: dict) -> str:
+    """SHA-256 of the meta's canonical JSON, without its own `meta_sha256` entry."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _check_meta(meta: dict, step: int) -> None:
+    """Raises _OldFormat or _Corrupt unless `meta` is a complete, unedited format-3 meta of
+    checkpoint `step`."""
+    if meta.get("format") in (1, 2):
+        raise _OldFormat(meta["format"])
+    if meta.get("meta_sha256") != _meta_digest(meta):
+        raise _Corrupt("its meta (checkpoint metadata) does not match the checksum written with "
+                       "it: edited or damaged" if "meta_sha256" in meta
+                       else "its meta has no checksum")
+    if meta.get("format") != FORMAT or meta.get("round") != step:
+        raise _Corrupt(f"meta format {meta.get('format')} / round {meta.get('round')} do not "
+                       f"match format {FORMAT} / step {step}")
+    for key in ("fingerprint", "records", "leaves", "checksums"):
+        if key not in meta:
+            raise _Corrupt(f"its meta lacks {key!r}")
 
 
 def fingerprint(config: dict) -> dict:
@@ -144,9 +183,26 @@ def _quiet_orbax() -> None:
 
 
 class _OrbaxInfoFilter(pylogging.Filter):
+    """Drops orbax's INFO records, and its records of exceptions (with their tracebacks): those
+    exceptions reach `Checkpointer`, which reports them in one message."""
+
     def filter(self, record: pylogging.LogRecord) -> bool:
-        return record.levelno >= pylogging.WARNING or f"{os.sep}orbax{os.sep}" not in (
-            record.pathname or "")
+        if f"{os.sep}orbax{os.sep}" not in (record.pathname or ""):
+            return True
+        return record.levelno >= pylogging.WARNING and not record.exc_info
+
+
+def _no_space(error: BaseException) -> bool:
+    """Whether `error` (or an exception it was raised from) is a full disk or quota."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left" in str(error) or "ENOSPC" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 class Checkpointer:
@@ -190,16 +246,23 @@ class Checkpointer:
         import orbax.checkpoint as ocp
 
         arrays, spec = state_leaves(state)
-        meta = {**meta, "format": FORMAT, "round": int(round_index), "leaves": spec}
+        meta = json.loads(json.dumps({
+            **meta, "format": FORMAT, "round": int(round_index), "leaves": spec,
+            "checksums": {name: _sha256(a) for name, a in arrays.items()}}))
+        meta["meta_sha256"] = _meta_digest(meta)
         mgr = self._manager()
         if mgr.latest_step() == round_index:
             return
-        mgr.save(int(round_index), args=ocp.args.Composite(
-            state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)), force=True)
-        mgr.wait_until_finished()
+        try:
+            mgr.save(int(round_index), args=ocp.args.Composite(
+                state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)), force=True)
+            mgr.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - translated into a message naming the cause
+            self._failed_save(round_index, e)
 
     def read_meta(self) -> dict | None:
-        """The newest checkpoint's meta item only (cheap: no arrays), or None when there is none.
+        """The newest checkpoint's meta item only (cheap: no arrays, checksum of the meta
+        verified), or None when there is none.
 
         Raises ConfigError, as `restore` does, when the checkpoint cannot be resumed.
         """
@@ -211,57 +274,100 @@ class Checkpointer:
         try:
             meta = dict(self._manager().restore(step, args=ocp.args.Composite(
                 meta=ocp.args.JsonRestore()))[_META])
-            if (meta.get("format") == FORMAT and meta.get("round") == step
-                    and "fingerprint" in meta and "records" in meta):
-                return meta
+            _check_meta(meta, step)
+            return meta
         except Exception:  # noqa: BLE001, S110 - `restore` below names what is wrong
             pass
         return self.restore().meta
 
-    def restore(self) -> Restored | None:
-        """Reads the newest checkpoint, or returns None when there is none.
-
-        Raises ConfigError naming the checkpoint folder when it cannot be read.
-        """
+    def _read(self, step: int) -> Restored:
+        """Checkpoint `step`, verified: raises _OldFormat, or _Corrupt naming what is wrong."""
         import orbax.checkpoint as ocp
 
-        step = self.latest_round()
-        if step is None:
-            return None
-        where = os.path.join(self.directory, str(step))
-        older = [s for s in self._manager().all_steps() if s != step]
         try:
             out = self._manager().restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
             arrays, meta = dict(out[_STATE]), dict(out[_META])
-            spec = meta["leaves"]
-            if meta.get("format") == 1:
-                raise _OldFormat()
-            if meta.get("format") != FORMAT or meta["round"] != step:
-                raise ValueError(f"meta format {meta.get('format')} / round "
-                                 f"{meta.get('round')} do not match format {FORMAT} / step {step}")
-            if sorted(arrays) != [f"leaf_{i:04d}" for i in range(len(spec))]:
-                raise ValueError(f"{len(arrays)} arrays stored for {len(spec)} described leaves")
-            for i, s in enumerate(spec):
-                a = arrays[f"leaf_{i:04d}"] = np.asarray(arrays[f"leaf_{i:04d}"])
-                if list(a.shape) != s["shape"] or str(a.dtype) != s["dtype"]:
-                    raise ValueError(f"leaf {s['path']} has shape {list(a.shape)} {a.dtype}, "
-                                     f"described as {s['shape']} {s['dtype']}")
-            for key in ("fingerprint", "records"):
-                meta[key]  # noqa: B018 - KeyError -> corrupt
-        except _OldFormat:
-            raise ConfigError(
-                f"the checkpoint {where} was written by an older p2pl-jax (checkpoint format 1, "
-                f"before the algorithm interface added algorithm state and message counters "
-                f"to the simulation state) and cannot be resumed by this version; use a new "
-                f"--workdir (or delete {self.directory}) to start over") from None
         except Exception as e:  # noqa: BLE001 - any failure to read means a corrupt checkpoint
-            hint = (f"delete it to resume from the previous checkpoint (round {max(older)})"
-                    if older else f"delete {self.directory} to start over")
-            raise ConfigError(f"the checkpoint {where} is corrupt or unreadable "
-                              f"({type(e).__name__}: {str(e)[:300]}); {hint}, or use a new "
-                              "--workdir") from e
+            raise _Corrupt(f"unreadable: {type(e).__name__}: {str(e)[:300]}") from e
+        _check_meta(meta, step)
+        spec = meta["leaves"]
+        if sorted(arrays) != [f"leaf_{i:04d}" for i in range(len(spec))]:
+            raise _Corrupt(f"{len(arrays)} arrays stored for {len(spec)} described leaves")
+        for i, s in enumerate(spec):
+            name = f"leaf_{i:04d}"
+            a = arrays[name] = np.asarray(arrays[name])
+            if list(a.shape) != s["shape"] or str(a.dtype) != s["dtype"]:
+                raise _Corrupt(f"leaf {s['path']} has shape {list(a.shape)} {a.dtype}, "
+                               f"described as {s['shape']} {s['dtype']}")
+            if _sha256(a) != meta["checksums"].get(name):
+                raise _Corrupt(f"the array of {s['path']} ({name}) does not match the "
+                               "checksum written with it")
         return Restored(round=step, arrays=arrays, meta=meta)
+
+    def newest_good(self, below: int) -> int | None:
+        """The newest checkpoint older than `below` that passes every check, or None."""
+        for step in sorted(self._manager().all_steps(), reverse=True):
+            if step < below:
+                try:
+                    self._read(step)
+                    return step
+                except (_Corrupt, _OldFormat):
+                    continue
+        return None
+
+    def restore(self) -> Restored | None:
+        """Reads and verifies the newest checkpoint, or returns None when there is none.
+
+        Raises ConfigError naming the checkpoint folder when it cannot be resumed: written by
+        an older version, or corrupt (unreadable, or an array or the meta not matching the
+        SHA-256 checksums written at save). A corrupt checkpoint is never skipped silently: the
+        error names the newest good checkpoint and how to resume from it.
+        """
+        step = self.latest_round()
+        if step is None:
+            return None
+        where = os.path.join(self.directory, str(step))
+        try:
+            return self._read(step)
+        except _OldFormat as e:
+            raise ConfigError(
+                f"the checkpoint {where} was written by an older p2pl-jax (checkpoint format "
+                f"{e.args[0]}; this version writes format {FORMAT}: {_FORMATS}) and cannot be "
+                f"resumed by this version; use a new --workdir (or delete {self.directory}) to "
+                "start over") from None
+        except _Corrupt as e:
+            good = self.newest_good(step)
+            if good is None:
+                hint = (f"no earlier checkpoint in {self.directory} passes the checks: delete "
+                        f"{self.directory} to start over, or use a new --workdir")
+            else:
+                hint = (f"the newest good checkpoint is round {good} "
+                        f"({os.path.join(self.directory, str(good))}): move {where} out of "
+                        f"{self.directory} (or delete it) and rerun the same command to resume "
+                        f"from round {good}")
+            raise ConfigError(f"the checkpoint {where} is corrupt ({e.args[0]}); {hint}") \
+                from None
+
+    def _failed_save(self, round_index: int, error: Exception) -> None:
+        """Removes the partial folder of a failed save and raises ConfigError saying why and
+        what is kept (the previous checkpoint is untouched: orbax renames a step into place
+        only once it is complete)."""
+        self.close()
+        for name in os.listdir(self.directory) if os.path.isdir(self.directory) else ():
+            if not name.isdigit() and name.split(".")[0] == str(round_index):
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        kept = [int(n) for n in os.listdir(self.directory) if n.isdigit()] \
+            if os.path.isdir(self.directory) else []
+        what = (f"the checkpoint of round {max(kept)} is kept" if kept
+                else "no earlier checkpoint exists")
+        cause = ("no space left on device" if _no_space(error)
+                 else f"{type(error).__name__}: {str(error)[:300]}")
+        raise ConfigError(
+            f"could not save the checkpoint of round {round_index} in {self.directory}: "
+            f"{cause}. {what[0].upper()}{what[1:]}, and metrics.jsonl keeps every evaluated "
+            f"round; free some space (or fix the folder) and rerun the same command to "
+            f"resume") from None
 
     def close(self) -> None:
         if self._mgr is not None:

@@ -39,7 +39,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from p2pl_jax import checkpoint, writers
+from p2pl_jax import checkpoint, interrupts, stages, writers
 from p2pl_jax import progress as progress_lib
 from p2pl_jax.errors import ConfigError
 from p2pl_jax.recorder import DivergenceError, Recorder, check_finite
@@ -94,6 +94,7 @@ class Member:
     workdir: str
     info: dict
     message_bytes: int = 0         # bytes of one message of its algorithm (Simulator's)
+    loss_limit: float | None = None   # the divergence rule's loss limit (recorder.loss_limit)
     recorder: Recorder | None = None
     done: int = 0                  # last round fully processed
     checked: int = 0               # last round known to be finite
@@ -105,27 +106,34 @@ class Member:
 
 class StopRequest:
     """While installed, SIGINT and SIGTERM ask the loop to stop after the round in progress
-    (checkpointing it) instead of interrupting it anywhere; a second SIGINT interrupts at once.
-    Only in the main thread (elsewhere signals cannot be caught and nothing changes)."""
+    (checkpointing it) instead of interrupting it anywhere. A second signal stops at once: through
+    `interrupts` when a CLI installed it (os._exit(130), even while the main thread is busy in
+    XLA), else by raising KeyboardInterrupt. Only in the main thread (elsewhere signals cannot be
+    caught and nothing changes)."""
 
     def __init__(self):
         self.signal = ""
         self._previous: dict = {}
 
-    def install(self) -> None:
+    def install(self, round_index: int = 0) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._handle)
+        interrupts.graceful(True, round_index)   # after the handlers: no signal goes unseen
 
     def _handle(self, signum, frame) -> None:
-        if self.signal and signum == signal.SIGINT:
+        if self.signal and not interrupts.installed():
             raise KeyboardInterrupt
+        if self.signal:
+            return   # the interrupts watcher stops the process at once
         self.signal = signal.Signals(signum).name
         logging.warning("%s: stopping after the current round (it will be checkpointed); "
                         "press Ctrl-C again to stop at once", self.signal)
 
     def restore(self) -> None:
+        if self._previous:
+            interrupts.graceful(False)
         for sig, handler in self._previous.items():
             if handler is not None:   # None: set outside Python, cannot be restored
                 signal.signal(sig, handler)
@@ -300,33 +308,53 @@ class Loop:
         self.wall = lambda: prior_wall + time.perf_counter() - start
         for m, a in zip(self.members, args):
             m.recorder = Recorder(m.config, m.workdir, self.evaluate, self.wall,
-                                  message_bytes=m.message_bytes, **a)
+                                  message_bytes=m.message_bytes, loss_limit=m.loss_limit, **a)
         self.checkpoint_time = 0.0
         self.saved = self.start_round if restored is not None else None
         self.progress.start()
         stop_request = StopRequest()
         outcome = "failed"
         try:
-            stop_request.install()
+            stop_request.install(self.start_round + 1)
             self._rounds(stop_request)
             outcome = "completed"
         except KeyboardInterrupt:
             outcome = "interrupted"
             self.progress.clear()
             self._save_on_interrupt()
-            logging.warning("interrupted after round %d; the checkpoint of round %s is kept in "
-                            "%s. Rerun the same command to resume.", self.round, self.saved,
-                            self.ckpt.directory)
+            if self.saved is None:
+                logging.warning("interrupted after round %d; no checkpoint was written",
+                                self.round)
+            else:
+                logging.warning("interrupted after round %d; the checkpoint of round %d is kept "
+                                "in %s. Rerun the same command to resume.", self.round,
+                                self.saved, self.ckpt.directory)
+            self._finish(stop_request, outcome, t0, compile_time, raising=True)
             raise
-        finally:
-            stop_request.restore()
-            self.signal = stop_request.signal
-            self.progress.clear()
+        except BaseException:
+            self._finish(stop_request, outcome, t0, compile_time, raising=True)
+            raise
+        return self._finish(stop_request, outcome, t0, compile_time, raising=False)
+
+    def _finish(self, stop_request: StopRequest, outcome: str, t0: float, compile_time: float,
+                *, raising: bool) -> list[dict]:
+        """Restores the signal handlers, closes the recorders and writes the summaries. While
+        an error propagates (e.g. a full disk), a failure to write them is logged, not raised:
+        it must not hide the error."""
+        stop_request.restore()
+        stages.after_loop()
+        self.signal = stop_request.signal
+        self.progress.clear()
+        try:
             for m in self.members:
                 if m.recorder is not None:
                     m.recorder.close()
-            summaries = self._summaries(outcome, t0, compile_time)
-        return summaries
+            return self._summaries(outcome, t0, compile_time)
+        except OSError as e:
+            if not raising:
+                raise
+            logging.warning("could not write the summaries: %s", e)
+            return []
 
     def _rounds(self, stop_request: StopRequest) -> None:
         self.stop_request = stop_request
@@ -336,7 +364,9 @@ class Loop:
                 break
             is_eval = any(m.recorder.is_eval(r) for _, m in live)
             want_local = is_eval and self.eval_after_local
+            interrupts.set_round(r)
             self.state, metrics, local = self.program.step(self.state, return_local=want_local)
+            stages.reached("round")
             rnd = Round(r, self.state, metrics, local, is_eval,
                         self.checkpoint_every > 0 and r % self.checkpoint_every == 0, live)
             for hook in self.hooks:
@@ -380,7 +410,7 @@ class Loop:
             for i, m in rnd.members:
                 try:
                     check_finite(_floats(self.program.take(metrics, i)), rnd.index,
-                                 m.config.learning_rate, m.checked)
+                                 m.config.learning_rate, m.checked, m.loss_limit)
                 except DivergenceError as e:
                     self._diverge(m, e, rnd.index)
         elif not rnd.evaluated and self.progress.due():
@@ -437,6 +467,7 @@ class Loop:
         for _, m in self._live():
             m.recorder.settle()   # the open window's kept rounds go in as records
         tc = time.perf_counter()   # (their evaluation counts as eval time, not checkpoint time)
+        stages.reached("save")
         self.ckpt.save(round_index, self.state, self._meta(self.wall()))
         self.checkpoint_time += time.perf_counter() - tc
         self.saved = round_index

@@ -23,24 +23,49 @@ from p2pl_jax.metrics import Evaluator, summarize
 
 
 class DivergenceError(RuntimeError):
-    """Training produced a non-finite loss or parameters."""
+    """Training blew up: a non-finite metric or parameter, or a loss above the loss limit."""
 
 
-def check_finite(record: dict, round_index: int, lr: float, last_good: int = -1) -> None:
-    """Raises DivergenceError if a loss in `record` or the round's parameters are not finite.
+LOSSES = ("train_loss", "test_loss")
+
+
+def loss_limit(factor: float, num_classes: int) -> float | None:
+    """The divergence rule's loss limit: `factor` x ln(num_classes), or None when factor is 0.
+
+    ln(C) is the cross-entropy of a uniform guess over C classes, which is also about the loss
+    of a freshly initialised model. A training or test loss `factor` times above it means the
+    models are confidently wrong, which learning does not do; a blown-up run does (the issue's
+    lr=1e6 example: test loss ~1e6 at every round, train loss 3e22 already in round 1, so a
+    reference taken from the run's first round would itself be blown up). The reference depends
+    only on the task, so a resumed run judges exactly as the run that wrote its checkpoint.
+    """
+    return float(factor) * math.log(num_classes) if factor > 0 else None
+
+
+def check_finite(record: dict, round_index: int, lr: float, last_good: int = -1,
+                 limit: float | None = None) -> None:
+    """Raises DivergenceError if the round in `record` diverged: a float in it is NaN or
+    infinite (a loss, the consensus distance, any metric), its parameters are not finite
+    (`params_finite` = 0), or, with a `limit` (see `loss_limit`), train_loss or test_loss is
+    above it.
 
     `last_good`: the last round known to be finite (names the interval the divergence lies in).
     """
-    bad = [k for k in ("train_loss", "test_loss") if k in record
-           and not math.isfinite(record[k])]
+    bad = [f"{k} is not finite" for k, v in record.items()
+           if isinstance(v, float) and not math.isfinite(v)]
     if record.get("params_finite", 1.0) != 1.0:
-        bad.append("a parameter")
+        bad.append("a parameter is not finite")
+    if limit is not None:
+        bad += [f"{k}={record[k]:.4g} is above the divergence limit {limit:.4g} "
+                f"(divergence_loss_factor x ln(number of classes))"
+                for k in LOSSES if k in record and math.isfinite(record[k])
+                and record[k] > limit]
     if bad:
         when = (f"at round {round_index}" if last_good in (-1, round_index - 1)
                 else f"between round {last_good + 1} and round {round_index} (checked at "
                      f"evaluated and checkpointed rounds)")
         raise DivergenceError(
-            f"training diverged {when}: {', '.join(bad)} is not finite. "
+            f"training diverged {when}: {'; '.join(bad)}. "
             f"The likely cause is a learning rate too large for this setting "
             f"(learning_rate={lr}); try a smaller one. Metrics up to the previous evaluated "
             f"round are kept in metrics.jsonl, and the last good checkpoint is kept.")
@@ -76,13 +101,15 @@ class Recorder:
     pending: a resumed run's `pending_records` (rounds of the open evaluation window, already
       evaluated when the checkpoint was written, that eval_backfill may still need).
     message_bytes: bytes of one message of the run's algorithm (records count bytes with it).
+    loss_limit: the divergence rule's loss limit (`loss_limit`), or None.
     """
 
     def __init__(self, c: ml_collections.ConfigDict, workdir: str, evaluate: Evaluator,
                  clock: Callable[[], float], *, records: list | None = None,
                  rounds_to_target: int | None = None, pending: list | None = None,
-                 message_bytes: int = 0):
+                 message_bytes: int = 0, loss_limit: float | None = None):
         self.config = c
+        self.loss_limit = loss_limit
         self.message_bytes = int(message_bytes)
         self.evaluate = evaluate
         self.clock = clock
@@ -159,7 +186,7 @@ class Recorder:
         metrics = _floats(round_metrics)
         record.update(metrics)
         record.update(self._bytes(metrics, comm))
-        check_finite(record, round_index, c.learning_rate, last_good)
+        check_finite(record, round_index, c.learning_rate, last_good, self.loss_limit)
         reached = record["acc_min"] >= c.target_accuracy
         if self.rounds_to_target is None and reached:
             # In round order; the kept rounds are evaluated lazily, up to the first that meets it.

@@ -27,8 +27,10 @@ from p2pl_jax import (
     mixing,
     network,
     partition,
+    recorder,
     sharding,
     simulation,
+    stages,
     sync,
     writers,
 )
@@ -85,6 +87,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
                           f"compressor=none")
     algorithms.check_config(c)   # what the algorithm accepts: mixing, faults, graph, momentum
     check_range("eval_every", c.eval_every, 1, integer=True)
+    check_range("divergence_loss_factor", c.divergence_loss_factor, 0.0)
     check_range("target_accuracy", c.target_accuracy, 0.0, 1.0)
     check_range("eval_device_chunk", c.eval_device_chunk, 1, integer=True)
     check_range("eval_example_chunk", c.eval_example_chunk, 1, integer=True)
@@ -142,7 +145,9 @@ def build(c: ml_collections.ConfigDict) -> tuple[simulation.Simulator, data_lib.
     else:
         adj = graphs.adjacency(_graph(c, c.num_devices))
     model = make_model(c.model, hidden_sizes=c.hidden_sizes, num_classes=ds.num_classes)
-    diameter = simulation.graph_diameter(adj)
+    uses_graph = algorithms.get(c.algorithm).weights in ("row", "column")
+    # fedavg, local and centralized never use the graph: no diameter, no edges in the summary
+    diameter = simulation.graph_diameter(adj) if uses_graph else None
     sim = simulation.Simulator(
         model=model, x=ds.x_train, y=ds.y_train, parts=parts, adj=adj,
         algorithm=c.algorithm, mixing_scheme=c.mixing, sync_mode=c.sync,
@@ -160,9 +165,11 @@ def build(c: ml_collections.ConfigDict) -> tuple[simulation.Simulator, data_lib.
         sim.shard(sharding.make_mesh())
     info: dict[str, Any] = {"partition": stats, "diameter": sim.diameter,
                             "consensus_backend": sim.backend, "data_source": ds.source,
-                            "num_edges": int((adj | adj.T).sum() // 2),
+                            "num_edges": int((adj | adj.T).sum() // 2) if uses_graph else None,
                             "algorithm": sim.algorithm, "mixing": sim.spec.scheme,
-                            "message_bytes": sim.message_bytes}
+                            "message_bytes": sim.message_bytes,
+                            "loss_limit": recorder.loss_limit(c.divergence_loss_factor,
+                                                              ds.num_classes)}
     if sim.mixing_matrix is not None and adj.shape[0] <= 2000:
         info.update({k: float(v) for k, v in mixing.spectral_info(sim.mixing_matrix).items()})
     return sim, ds, info
@@ -176,7 +183,19 @@ def hparams(c: ml_collections.ConfigDict) -> simulation.HParams:
         graph_radius=c.graph_radius, graph_p=c.graph_p, consensus_step=c.consensus_step)
 
 
-def _check_workdir(workdir: str) -> None:
+def check_workdir(workdir: str, *subdirs: str) -> bool:
+    """Creates `workdir` if needed and checks that it and its `subdirs` (where they exist) are
+    writable folders; returns whether it created `workdir`. Raises ConfigError naming the path
+    (a file in the way, a dangling symbolic link, no permission, a read-only disk) before any
+    work is done, so a run never fails at its first checkpoint after hours of training."""
+    if os.path.islink(workdir) and not os.path.exists(workdir):
+        raise ConfigError(f"workdir={workdir!r} is a symbolic link to "
+                          f"{os.readlink(workdir)!r}, which does not exist; create that folder "
+                          "or pass another --workdir")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"workdir={workdir!r} is a file, not a folder; pass a folder (it is "
+                          "created if missing)")
+    created = not os.path.exists(workdir)
     try:
         os.makedirs(workdir, exist_ok=True)
         probe = os.path.join(workdir, ".write_test")
@@ -185,6 +204,25 @@ def _check_workdir(workdir: str) -> None:
         os.remove(probe)
     except OSError as e:
         raise ConfigError(f"workdir={workdir!r} is not a writable directory: {e}") from e
+    for sub in subdirs:
+        path = os.path.join(workdir, sub)
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ConfigError(f"{path} is a file; it must be the folder of the run's "
+                              f"checkpoints: move it away or use a new --workdir")
+        if os.path.isdir(path) and not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"{path} (the checkpoints folder) is not writable")
+    return created
+
+
+_check_workdir = check_workdir   # TEMP: p2pl_jax/sweep.py still calls it
+
+
+def remove_if_empty(workdir: str) -> None:
+    """Removes a workdir this run created when a user error left it empty."""
+    try:
+        os.rmdir(workdir)
+    except OSError:
+        pass
 
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -196,10 +234,14 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     KeyboardInterrupt after checkpointing the last completed round.
     """
     validate(c)
-    _check_workdir(workdir)
+    created = check_workdir(workdir, CHECKPOINT_DIR)
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR))
     try:
         return _run(c, workdir, ckpt)
+    except ConfigError:
+        if created:
+            remove_if_empty(workdir)
+        raise
     finally:
         ckpt.close()
 
@@ -209,8 +251,10 @@ def _run(c: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpoint
     restored = ckpt.restore() if ckpt.exists() else None
     if restored is not None:
         loop.check_resumable(restored.meta, fingerprint, c.rounds, ckpt.directory)
-    writers.write_json(os.path.join(workdir, "config.json"), c.to_dict())
+    stages.reached("data")
     sim, ds, info = build(c)
+    # written once the data, graph and simulator are built: a user error leaves no stray files
+    writers.write_json(os.path.join(workdir, "config.json"), c.to_dict())
     writers.write_json(os.path.join(workdir, "partition.json"), info.pop("partition"))
     logging.info("devices=%d algorithm=%s topology=%s (diameter %s, %d edges) backend=%s "
                  "data=%s", sim.num_devices, c.algorithm, c.topology, info["diameter"],
@@ -223,13 +267,14 @@ def _run(c: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpoint
                               example_chunk=c.eval_example_chunk)
     t0 = time.perf_counter()
     state = sim.init(c.seed)
+    stages.reached("compile")
     compile_time = sim.compile(state, hp, return_local=c.eval_after_local)
     compile_time += evaluate.compile(sim.eval_params(state))
 
     # A run is the loop's one member; its hooks (evaluation, finite checks, progress, stop
     # requests, checkpoints) are those of a sweep group (p2pl_jax/loop.py).
     member = loop.Member(name=workdir, config=c, workdir=workdir, info=info,
-                         message_bytes=sim.message_bytes)
+                         message_bytes=sim.message_bytes, loss_limit=info["loss_limit"])
     (summary,) = loop.Loop(loop.RunProgram(sim, hp), [member], evaluate, ckpt, fingerprint,
                            stacked=False).run(state, restored, t0=t0, compile_time=compile_time)
     if member.error is not None:

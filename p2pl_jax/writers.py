@@ -16,10 +16,12 @@ import csv
 import glob
 import io
 import json
+import math
 import os
 import sys
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from absl import logging
 
@@ -35,9 +37,44 @@ def _atomic_write(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+NONFINITE = "nonfinite"   # the key that lists the fields strict JSON wrote as null
+
+
+def finite(obj: Any, path: str = "") -> tuple[Any, list[str]]:
+    """A copy of `obj` with every NaN or infinite float replaced by None, and the paths of the
+    replaced values ("consensus_distance", "runs[3].test_loss")."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None, [path or "."]
+    if isinstance(obj, dict):
+        out, bad = {}, []
+        for k, v in obj.items():
+            out[k], b = finite(v, f"{path}.{k}" if path else str(k))
+            bad += b
+        return out, bad
+    if isinstance(obj, (list, tuple)):
+        out, bad = [], []
+        for i, v in enumerate(obj):
+            item, b = finite(v, f"{path}[{i}]")
+            out.append(item)
+            bad += b
+        return out, bad
+    return obj, []
+
+
+def dumps(obj: Any, *, indent: int | None = None) -> str:
+    """Strict JSON (RFC 8259: no NaN or Infinity). A non-finite float is written as null; a
+    dict then also gets the key `nonfinite` listing the paths of those values, so a reader can
+    tell "not a number" from "not measured"."""
+    clean, bad = finite(obj)
+    if bad and isinstance(clean, dict):
+        clean[NONFINITE] = sorted(set(clean.get(NONFINITE) or []) | set(bad))
+    return json.dumps(clean, indent=indent, allow_nan=False)
+
+
 def write_json(path: str, obj) -> None:
-    """Writes `obj` as indented JSON to `path` atomically (a reader never sees half a file)."""
-    _atomic_write(path, json.dumps(obj, indent=2))
+    """Writes `obj` as indented strict JSON (`dumps`) to `path` atomically (a reader never sees
+    half a file)."""
+    _atomic_write(path, dumps(obj, indent=2))
 
 
 def _csv_text(records: Sequence[dict], header: list[str], with_header: bool = True) -> str:
@@ -86,7 +123,7 @@ class MetricsWriter:
         self.records = [dict(r) for r in records]
         self._jsonl_path = os.path.join(workdir, METRICS_JSONL)
         self._csv_path = os.path.join(workdir, METRICS_CSV)
-        _atomic_write(self._jsonl_path, "".join(json.dumps(r) + "\n" for r in self.records))
+        _atomic_write(self._jsonl_path, "".join(dumps(r) + "\n" for r in self.records))
         self._header = self._columns(self.records)
         _atomic_write(self._csv_path,
                       _csv_text(self.records, self._header) if self._header else "")
@@ -123,7 +160,7 @@ class MetricsWriter:
         """Appends one record (a flat dict with an int `round` and float values)."""
         record = dict(record)
         self.records.append(record)
-        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.write(dumps(record) + "\n")
         self._jsonl.flush()
         if not self._header or any(k not in self._header for k in record):
             self._header = self._columns(self.records)   # new columns: rewrite the whole file

@@ -217,7 +217,7 @@ def test_corrupt_checkpoint(tmp_path):
         if f.is_file():
             f.write_bytes(b"garbage")
     msg = _error(tmp_path)
-    assert f"checkpoint {step} is corrupt or unreadable" in msg
+    assert f"checkpoint {step} is corrupt (unreadable" in msg
     assert "delete" in msg and "--workdir" in msg
 
 
@@ -225,7 +225,7 @@ def test_checkpoint_with_missing_meta(tmp_path):
     step = _write_checkpoint(tmp_path, _config())
     for f in (step / "meta").iterdir():
         f.unlink()
-    assert "is corrupt or unreadable" in _error(tmp_path)
+    assert "is corrupt (unreadable" in _error(tmp_path)
 
 
 def test_checkpoint_of_another_config(tmp_path):

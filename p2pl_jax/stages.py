@@ -1,0 +1,48 @@
+"""The named stages of a run, for messages ("during start-up (compile)") and for tests that
+must make a signal arrive at an exact moment.
+
+  start    the command line has parsed its flags
+  data     loading the data and building the partition, the graph and the simulator
+  compile  compiling the round and the evaluator
+  round    round 1 is running (the first round of this process)
+  save     a checkpoint is being written (the first save of this process)
+
+Test hook: with the environment variable P2PL_TEST_SIGNAL=STAGE:SIGNAL (e.g. "compile:SIGTERM")
+the process sends itself SIGNAL when it first reaches STAGE, so every stage can be tested with
+SIGINT and SIGTERM deterministically (tests/test_signals.py). Unset, `reached` only records the
+stage.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "P2PL_TEST_SIGNAL"
+STAGES = ("start", "data", "compile", "round", "save")
+_LOOP = ("round", "save")
+_current = ["start"]
+_fired: set[str] = set()
+
+
+def reached(stage: str) -> None:
+    """Records that the process is at `stage` (and fires the test signal, if asked for it)."""
+    assert stage in STAGES, stage
+    if stage not in _LOOP:
+        _current[0] = stage
+    spec = os.environ.get(ENV, "")
+    name, _, sig = spec.partition(":")
+    if name == stage and stage not in _fired:
+        _fired.add(stage)
+        os.kill(os.getpid(), getattr(signal, sig or "SIGINT"))
+
+
+def describe() -> str:
+    """The start-up stage last reached, in words."""
+    return {"start": "start-up (before the data)", "data": "start-up (data, graph, simulator)",
+            "compile": "start-up (compile)"}.get(_current[0], _current[0])
+
+
+def after_loop() -> None:
+    """The round loop has ended (signals now interrupt the summary writing)."""
+    _current[0] = "the end of the run (writing its summaries)"
