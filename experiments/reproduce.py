@@ -1,7 +1,7 @@
 """Runs the settings behind the paper's 8 claims and writes a report with verdicts.
 
   python -m experiments.reproduce --workdir=DIR [--seeds=3] [--rounds=100] [--quick]
-      [--claims=1,3] [--eval_every=2] [--skew_sigma=1.0] [--report_only]
+      [--claims=1,3] [--eval_every=2] [--skew_sigma=1.0] [--target=0.97] [--report_only]
 
 For every claim in configs/reproduce.py, each of its settings is run once per seed through
 p2pl_jax.runner.run into DIR/runs/<setting>/seed<k>/. A run whose summary.json exists and whose
@@ -19,6 +19,21 @@ in DIR/claims/ before starting it and skips runs another live process holds, the
 report from what is on disk (the last one to finish writes the complete report). On a CPU, one
 process per core is faster than one process on all cores (small matmuls do not scale across
 threads):  for c in 0 1; do taskset -c $c python -m experiments.reproduce ... & done; wait
+
+Every flag is checked before anything runs (--target in (0, 1], --seeds, --eval_every and --rounds
+≥ 1, --skew_sigma in (0, 10], --claims among 1..8, --workdir a writable directory), and so is
+every run's config. A run that fails (diverges, or raises) is recorded and the others go on; its
+reason goes to <run dir>/error.txt (with the traceback unless it is a ConfigError or a
+DivergenceError); a diverged run also keeps its summary.json and metrics.jsonl and is reused as
+failed. The report is written either way (--report_only sees diverged runs as failed, runs that
+raised as "not run": they leave no summary.json).
+
+Exit status: 0 every run finished (runs another live process still holds are not failures: the
+last process writes the complete report); 2 a user error (a bad flag or config value, an unwritable
+--workdir; also when every failed run failed on a user error, e.g. missing data), printed as one
+message without a traceback; 3 some runs failed (diverged or raised): one message lists them and
+where their logs are; 130 interrupted (Ctrl-C or SIGTERM at any moment: finished runs are
+reused and an interrupted one continues from its checkpoint when the same command is rerun).
 """
 
 from __future__ import annotations
@@ -33,7 +48,9 @@ import platform
 import shutil
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -41,9 +58,11 @@ from absl import app, flags, logging
 
 from configs import mnist
 from configs import reproduce as spec
+from experiments import cli
+from experiments.cli import EXIT_DIVERGED, EXIT_USER_ERROR
 from p2pl_jax import algorithms, checkpoint, plotting
-from p2pl_jax.errors import ConfigError
-from p2pl_jax.runner import CHECKPOINT_DIR, DivergenceError, run
+from p2pl_jax.errors import ConfigError, check_range
+from p2pl_jax.runner import CHECKPOINT_DIR, DivergenceError, run, validate
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per setting (0 .. seeds-1).")
@@ -61,6 +80,63 @@ _CLAIMS = flags.DEFINE_list("claims", None, "Only these claim numbers (default: 
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Write the report from existing runs.")
 
 VERDICTS = ("reproduced", "partly reproduced", "not reproduced", "not run")
+USAGE = ("python -m experiments.reproduce --workdir=DIR [--seeds=3] [--rounds=100] [--quick] "
+         "[--claims=1,3] [--eval_every=2] [--skew_sigma=1.0] [--target=0.97] [--report_only]")
+parse_flags = cli.flags_parser(USAGE)
+ERROR_FILE = "error.txt"     # in a run directory: why its last attempt failed
+MAX_SKEW_SIGMA = 10.0        # beyond it one device holds all the data (and exp() overflows)
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def parse_claims(values: Sequence[str] | None) -> list[int] | None:
+    """--claims as claim numbers (None: all); raises ConfigError naming the flag."""
+    if not values:
+        return None
+    allowed = ", ".join(str(n) for n in sorted(VERDICT_FNS))
+    try:
+        numbers = [int(str(v).strip()) for v in values]
+    except ValueError:
+        raise ConfigError(f"--claims={','.join(map(str, values))} must be claim numbers; "
+                          f"allowed: {allowed} (comma-separated, e.g. --claims=1,3)") from None
+    bad = [n for n in numbers if n not in VERDICT_FNS]
+    if bad:
+        raise ConfigError(f"--claims={','.join(map(str, values))}: no claim "
+                          f"{', '.join(map(str, bad))}; allowed: {allowed}")
+    return numbers
+
+
+def check_options(*, seeds: int, rounds: int | None, target: float | None, eval_every: int,
+                  skew_sigma: float, claim_numbers: Sequence[int] | None = None) -> None:
+    """Raises ConfigError naming the flag and its allowed range for a bad option."""
+    check_range("--seeds", seeds, 1, integer=True)
+    if rounds is not None:
+        check_range("--rounds", rounds, 1, integer=True)
+    if target is not None:
+        check_range("--target", target, 0.0, 1.0, lo_open=True)
+    check_range("--eval_every", eval_every, 1, integer=True)
+    check_range("--skew_sigma", skew_sigma, 0.0, MAX_SKEW_SIGMA, lo_open=True)
+    if claim_numbers:
+        parse_claims([str(n) for n in claim_numbers])
+
+
+def check_workdir(workdir: str) -> None:
+    """Creates `workdir` if needed; raises ConfigError unless it is a writable directory."""
+    if not workdir:
+        raise ConfigError("--workdir is empty; give the output directory (created if missing)")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"--workdir={workdir} is a file, not a directory; give a directory "
+                          f"(created if missing)")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write_test.{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"--workdir={workdir} is not a writable directory: "
+                          f"{e.strerror or e}") from None
 
 
 # ----------------------------------------------------------------------------- running
@@ -111,17 +187,20 @@ def run_or_reuse(c, workdir: str, *, report_only: bool = False, name: str = "") 
     """Runs config `c` into `workdir` unless a usable result is there (see `_plan`).
 
     Returns a record: 'workdir', 'config', 'status' ('ok', 'missing', 'error: ...'),
-    'reused' and the summary fields. A run that reached the target has its checkpoints
-    deleted (it can never need more rounds); one that did not keeps them, so a larger round
-    cap continues it.
+    'reused' and the summary fields; a failed one also 'failure' ('config' for a ConfigError,
+    'diverged'), and its reason is written to workdir/error.txt. A run that reached the target
+    has its checkpoints deleted (it can never need more rounds); one that did not keeps them,
+    so a larger round cap continues it.
     """
     name = name or workdir
     record = {"workdir": workdir, "config": c.to_dict()}
     action, summary = _plan(workdir, c.to_dict())
     if action == "reuse":
         record.update(summary, reused=True)
-        record["status"] = ("ok" if summary.get("status", "completed") == "completed"
-                            else f"error: {summary['status']}")
+        if summary.get("status", "completed") == "completed":
+            record["status"] = "ok"
+        else:
+            record.update(status=f"error: {summary['status']}", failure=summary["status"])
         return record
     if report_only:
         record["status"] = "missing"
@@ -132,17 +211,29 @@ def run_or_reuse(c, workdir: str, *, report_only: bool = False, name: str = "") 
         shutil.rmtree(workdir)
     print(f"[run] {name} ({action}) -> {workdir}", flush=True)
     t0 = time.perf_counter()
+    with contextlib.suppress(OSError):
+        os.remove(os.path.join(workdir, ERROR_FILE))
     try:
         record.update(run(c, workdir), reused=False)
         record["status"] = "ok"
     except (ConfigError, DivergenceError) as e:
-        record["status"] = f"error: {e}"
+        record.update(status=f"error: {e}",
+                      failure="config" if isinstance(e, ConfigError) else "diverged")
+        write_error(workdir, f"{type(e).__name__}: {e}\n")
         print(f"[run] {name} failed: {e}", flush=True)
     print(f"[run] {name} done in {time.perf_counter() - t0:.0f}s: rounds_to_target="
           f"{record.get('rounds_to_target')}", flush=True)
     if record["status"] == "ok" and record.get("rounds_to_target") is not None:
         shutil.rmtree(os.path.join(workdir, CHECKPOINT_DIR), ignore_errors=True)
     return record
+
+
+def write_error(workdir: str, text: str) -> None:
+    """workdir/error.txt (best effort: the directory may be what failed)."""
+    with contextlib.suppress(OSError):
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, ERROR_FILE), "w") as f:
+            f.write(text)
 
 
 def run_dir(root: str, name: str, seed: int) -> str:
@@ -196,15 +287,25 @@ def claim(root: str, name: str, seed: int):
 def run_job(setting: spec.Setting, base, seed: int, root: str, eval_every: int,
             *, report_only: bool = False) -> dict:
     """`run_or_reuse` of one (setting, seed) into root/runs/<setting>/seed<k>; a run that
-    another live process is working on is recorded as 'missing'."""
+    another live process is working on is recorded as 'missing'. A run that raises anything
+    else than ConfigError / DivergenceError is recorded as failed too ('failure': 'exception',
+    the traceback in its error.txt), so the other runs and the report still happen."""
     c = spec.make_config(base, setting, seed, eval_every)
     workdir = run_dir(root, setting.name, seed)
+    name = f"{setting.name} seed {seed}"
     if report_only:
         record = run_or_reuse(c, workdir, report_only=True)
     else:
         with claim(root, setting.name, seed) as mine:
-            record = (run_or_reuse(c, workdir, name=f"{setting.name} seed {seed}") if mine
-                      else {"workdir": workdir, "config": c.to_dict(), "status": "missing"})
+            try:
+                record = (run_or_reuse(c, workdir, name=name) if mine
+                          else {"workdir": workdir, "config": c.to_dict(), "status": "missing"})
+            except Exception as e:  # noqa: BLE001 - recorded; the exit status reports it
+                write_error(workdir, traceback.format_exc())
+                print(f"[run] {name} failed: {type(e).__name__}: {e} (traceback in "
+                      f"{os.path.join(workdir, ERROR_FILE)})", flush=True)
+                record = {"workdir": workdir, "config": c.to_dict(), "failure": "exception",
+                          "status": f"error: {type(e).__name__}: {e}"}
     return {"setting": setting.name, "seed": seed, **record}
 
 
@@ -649,13 +750,73 @@ def write_report(path: str, claims: Sequence[spec.Claim], stats: dict, verdicts:
 # ----------------------------------------------------------------------------- driver
 
 
-def reproduce(workdir: str, *, seeds: int = 3, quick: bool = False, rounds: int | None = None,
-              target: float | None = None, eval_every: int = 2, skew_sigma: float = 1.0,
-              claim_numbers: Sequence[int] | None = None, report_only: bool = False,
-              command: str = "python -m experiments.reproduce") -> dict:
+@dataclasses.dataclass
+class Outcome:
+    """What `run_reproduction` did: the verdicts and one record per (setting, seed)."""
+
+    verdicts: dict
+    records: list
+    workdir: str
+
+    @property
+    def failed(self) -> list[dict]:
+        """Runs that did not finish normally (diverged, raised, or another summary status)."""
+        return [r for r in self.records if r["status"] not in ("ok", "missing")]
+
+    @property
+    def pending(self) -> list[dict]:
+        """Runs not on disk: held by another live process, or absent with --report_only."""
+        return [r for r in self.records if r["status"] == "missing"]
+
+    def failure_message(self) -> str:
+        """One message: how many runs failed, why, and where their logs are."""
+        failed = self.failed
+        kinds: dict[str, int] = {}
+        for r in failed:
+            kind = {"config": "user error", "diverged": "diverged"}.get(
+                r.get("failure", ""), "raised")
+            kinds[kind] = kinds.get(kind, 0) + 1
+        lines = [f"{len(failed)} of {len(self.records)} runs failed ("
+                 + ", ".join(f"{n} {k}" for k, n in kinds.items())
+                 + f"); the report is still written: {os.path.join(self.workdir, 'report.md')}"]
+        for r in failed:
+            where = r["workdir"]
+            files = [f for f in (ERROR_FILE, "summary.json", "metrics.jsonl")
+                     if os.path.exists(os.path.join(where, f))]
+            reason = r["status"].removeprefix("error: ").splitlines()[0]
+            lines.append(f"  {r['setting']} seed {r['seed']}: {reason} -- see {where}/"
+                         + (f" ({', '.join(files)})" if files else ""))
+        return "\n".join(lines)
+
+    def exit_status(self) -> int:
+        """0 every run finished; 2 every failed run failed on a user error (ConfigError, e.g.
+        missing data); 3 otherwise (a run diverged or raised)."""
+        failed = self.failed
+        if not failed:
+            return 0
+        if all(r.get("failure") == "config" for r in failed):
+            return EXIT_USER_ERROR
+        return EXIT_DIVERGED
+
+
+def reproduce(workdir: str, **options: Any) -> dict:
+    """`run_reproduction(workdir, **options)`'s verdicts: {claim number: (verdict, reason)}."""
+    return run_reproduction(workdir, **options).verdicts
+
+
+def run_reproduction(workdir: str, *, seeds: int = 3, quick: bool = False,
+                     rounds: int | None = None, target: float | None = None,
+                     eval_every: int = 2, skew_sigma: float = 1.0,
+                     claim_numbers: Sequence[int] | None = None, report_only: bool = False,
+                     command: str = "python -m experiments.reproduce") -> Outcome:
     """Runs what the chosen claims need and writes results.csv, report.md and figures.
-    Returns {claim number: (verdict, reason)}."""
-    os.makedirs(workdir, exist_ok=True)
+
+    The options, the workdir and every run's config are checked before anything runs
+    (ConfigError naming the flag). A run that fails is recorded (see `run_job`) and the rest go
+    on; `Outcome.failed` lists them."""
+    check_options(seeds=seeds, rounds=rounds, target=target, eval_every=eval_every,
+                  skew_sigma=skew_sigma, claim_numbers=claim_numbers)
+    check_workdir(workdir)
     base = spec.base_config(quick=quick, rounds=rounds, target=target)
     table = spec.settings(quick=quick, skew_sigma=skew_sigma)
     claims = [c for c in spec.CLAIMS if not claim_numbers or c.number in claim_numbers]
@@ -663,6 +824,11 @@ def reproduce(workdir: str, *, seeds: int = 3, quick: bool = False, rounds: int 
     t0 = time.perf_counter()
     # Seed-major order: an interrupted or partial reproduction has whole seeds first.
     jobs = [(name, seed) for seed in range(seeds) for name in needed]
+    for name, seed in jobs:
+        try:
+            validate(spec.make_config(base, table[name], seed, eval_every))
+        except ConfigError as e:
+            raise ConfigError(f"setting {name} (seed {seed}): {e}") from None
     done = {job: run_job(table[job[0]], base, job[1], workdir, eval_every,
                          report_only=report_only) for job in jobs}
     # Runs other processes finished meanwhile (see `claim`) are read back from disk.
@@ -700,33 +866,34 @@ def reproduce(workdir: str, *, seeds: int = 3, quick: bool = False, rounds: int 
     write_report(os.path.join(workdir, "report.md"), claims, stats, verdicts, figures,
                  partitions, header)
     logging.info("reproduce: %.0fs", time.perf_counter() - t0)
-    return verdicts
+    return Outcome(verdicts, [r for n in needed for r in records[n]], workdir)
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        cli.fail(f"unexpected arguments: {argv[1:]}\nUsage: {USAGE}", EXIT_USER_ERROR)
+    cli.install_interrupts(os.path.join(_WORKDIR.value, "runs", "*", "seed*", CHECKPOINT_DIR))
     try:
-        numbers = [int(x) for x in _CLAIMS.value] if _CLAIMS.value else None
-    except ValueError:
-        print(f"error: --claims={','.join(_CLAIMS.value)} must be claim numbers 1..8",
-              file=sys.stderr)
-        sys.exit(2)
-    if numbers and not set(numbers) <= set(VERDICT_FNS):
-        print(f"error: --claims must be among 1..8, got {numbers}", file=sys.stderr)
-        sys.exit(2)
-    if _SEEDS.value < 1 or _EVAL_EVERY.value < 1:
-        print("error: --seeds and --eval_every must be ≥ 1", file=sys.stderr)
-        sys.exit(2)
-    verdicts = reproduce(
-        _WORKDIR.value, seeds=_SEEDS.value, quick=_QUICK.value, rounds=_ROUNDS.value,
-        target=_TARGET.value, eval_every=_EVAL_EVERY.value, skew_sigma=_SKEW_SIGMA.value,
-        claim_numbers=numbers, report_only=_REPORT_ONLY.value,
-        command="python -m experiments.reproduce " + " ".join(sys.argv[1:]))
-    for number, (v, _) in sorted(verdicts.items()):
+        outcome = run_reproduction(
+            _WORKDIR.value, seeds=_SEEDS.value, quick=_QUICK.value, rounds=_ROUNDS.value,
+            target=_TARGET.value, eval_every=_EVAL_EVERY.value, skew_sigma=_SKEW_SIGMA.value,
+            claim_numbers=parse_claims(_CLAIMS.value), report_only=_REPORT_ONLY.value,
+            command="python -m experiments.reproduce " + " ".join(sys.argv[1:]))
+    except ConfigError as e:
+        cli.fail(str(e), EXIT_USER_ERROR)
+    except KeyboardInterrupt as e:   # a run's round loop stopped on a signal and checkpointed
+        cli.interrupted(e)
+    for number, (v, _) in sorted(outcome.verdicts.items()):
         print(f"claim {number}: {v}")
     print(f"report: {os.path.join(_WORKDIR.value, 'report.md')}")
+    pending = outcome.pending
+    if pending and not _REPORT_ONLY.value:
+        print(f"{len(pending)} runs are still held by other processes; the last process to "
+              f"finish writes the complete report (or rerun with --report_only)")
+    status = outcome.exit_status()
+    if status:
+        cli.fail(outcome.failure_message(), status)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -256,7 +256,7 @@ def _run(c: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpoint
     # written once the data, graph and simulator are built: a user error leaves no stray files
     writers.write_json(os.path.join(workdir, "config.json"), c.to_dict())
     writers.write_json(os.path.join(workdir, "partition.json"), info.pop("partition"))
-    logging.info("devices=%d algorithm=%s topology=%s (diameter %s, %d edges) backend=%s "
+    logging.info("devices=%d algorithm=%s topology=%s (diameter %s, %s edges) backend=%s "
                  "data=%s", sim.num_devices, c.algorithm, c.topology, info["diameter"],
                  info["num_edges"], sim.backend, info["data_source"])
 

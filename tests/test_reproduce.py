@@ -1,5 +1,7 @@
 """experiments.reproduce: verdicts follow the numbers, finished runs are reused, the report holds
 every claim with its verdict and figures, and the real path runs end to end at --quick scale.
+The command line exits 2 with one message on a bad flag or workdir (before any run) and 3 when
+runs fail (the report is still written).
 
 Most settings are faked (run directories written here, with the exact config the driver asks
 for), so only two tiny real runs are compiled; a full --quick pass compiles 18 programs.
@@ -12,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +29,7 @@ GOOD = {"complete": 20, "fedavg": 19, "centralized": 3, "rgg": 30, "torus": 40, 
         "rgg_skew_data_size": 30, "rgg_skew_metropolis": 50, "rgg_skew_uniform": 40,
         "local": None}
 DIAMETER = {"complete": 1, "rgg": 7, "torus": 10, "cycle": 50}
+REPO = Path(__file__).resolve().parents[1]
 
 
 def fake_run(root, setting, seed, base, eval_every, rounds_to_target, *, final_mean=None):
@@ -276,3 +280,151 @@ def test_claim_is_exclusive_and_stale_claims_are_taken_over(tmp_path):
     with rep.claim(str(tmp_path), "rgg", 0) as mine:
         assert mine
     assert not path.exists()
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _cli(args, *, code=None, timeout=120):
+    """experiments.reproduce as a real process (`code`: a python -c script instead of -m)."""
+    cmd = [sys.executable, "-c", code] if code else [sys.executable, "-m", "experiments.reproduce"]
+    return subprocess.run([*cmd, *args], cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _one_error(proc, *names):
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    for name in names:
+        assert name in proc.stderr, proc.stderr
+
+
+QUICK = ["--quick", "--seeds=1", "--claims=8"]
+
+
+@pytest.mark.parametrize("flag, named, allowed", [
+    ("--target=1.5", "--target", "(0.0, 1.0]"),
+    ("--target=0", "--target", "(0.0, 1.0]"),
+    ("--seeds=0", "--seeds", "[1, inf)"),
+    ("--eval_every=0", "--eval_every", "[1, inf)"),
+    ("--rounds=0", "--rounds", "[1, inf)"),
+    ("--skew_sigma=0", "--skew_sigma", "(0.0, 10.0]"),
+    ("--claims=9", "--claims", "1, 2, 3, 4, 5, 6, 7, 8"),
+    ("--seeds=abc", "--seeds", "Usage:"),
+])
+def test_bad_flag_exits_2_before_any_run(tmp_path, flag, named, allowed):
+    proc = _cli([*QUICK, f"--workdir={tmp_path / 'w'}", flag])
+    assert proc.returncode == 2, proc.stderr
+    _one_error(proc, named, allowed)
+    assert not (tmp_path / "w" / "runs").exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"target": 1.0000001}, "--target"), ({"target": -0.5}, "--target"),
+    ({"seeds": 2.5}, "--seeds=2.5 must be an integer"), ({"rounds": -3}, "--rounds"),
+    ({"skew_sigma": float("nan")}, "--skew_sigma=nan must be a finite number"),
+    ({"skew_sigma": float("inf")}, "--skew_sigma"), ({"skew_sigma": -1.0}, "--skew_sigma"),
+    ({"eval_every": 0}, "--eval_every"), ({"claim_numbers": [0, 3]}, "no claim 0"),
+])
+def test_check_options_names_the_flag(options, message):
+    """In process, the rest of the table the command line above checks end to end."""
+    full = {"seeds": 1, "rounds": None, "target": None, "eval_every": 2, "skew_sigma": 1.0,
+            **options}
+    with pytest.raises(rep.ConfigError, match=re.escape(message)):
+        rep.check_options(**full)
+    assert rep.parse_claims(["1", " 3"]) == [1, 3] and rep.parse_claims([]) is None
+    with pytest.raises(rep.ConfigError, match="--claims=x must be claim numbers"):
+        rep.parse_claims(["x"])
+
+
+@pytest.mark.parametrize("where", ["file", "under_file", "unwritable"])
+def test_bad_workdir_exits_2_before_any_run(tmp_path, where):
+    (tmp_path / "f").write_text("not a directory")
+    workdir = {"file": tmp_path / "f", "under_file": tmp_path / "f" / "sub",
+               "unwritable": tmp_path / "ro" / "w"}[where]
+    if where == "unwritable":
+        if os.geteuid() == 0:
+            pytest.skip("root writes anywhere")
+        (tmp_path / "ro").mkdir(mode=0o500)
+    proc = _cli([*QUICK, f"--workdir={workdir}"])
+    assert proc.returncode == 2, proc.stderr
+    _one_error(proc, f"--workdir={workdir}")
+    assert (tmp_path / "f").read_text() == "not a directory"
+
+
+# Replaces runner.run before experiments.reproduce is loaded, then runs it as __main__.
+_FAILING = """
+import runpy
+from p2pl_jax import runner
+from p2pl_jax.errors import ConfigError
+
+def run(config, workdir):
+    kind = {kind!r}
+    if kind == "diverged":
+        raise runner.DivergenceError("train_loss=nan at round 2")
+    if kind == "config":
+        raise ConfigError("MNIST not found in /nowhere")
+    raise RuntimeError("XLA ran out of memory")
+
+runner.run = run
+runpy.run_module("experiments.reproduce", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("kind, status, reason", [
+    ("diverged", 3, "train_loss=nan at round 2"),
+    ("raised", 3, "RuntimeError: XLA ran out of memory"),
+    ("config", 2, "MNIST not found in /nowhere"),   # every failure a user error: status 2
+])
+def test_failed_runs_exit_nonzero_with_one_message(tmp_path, kind, status, reason):
+    proc = _cli([*QUICK, f"--workdir={tmp_path}"], code=_FAILING.format(kind=kind))
+    assert proc.returncode == status, proc.stdout + proc.stderr
+    run_dir = tmp_path / "runs" / "local" / "seed0"
+    _one_error(proc, "1 of 1 runs failed", reason, str(run_dir), "error.txt",
+               str(tmp_path / "report.md"))
+    assert "claim 8: not run" in proc.stdout
+    assert "seed 0: error:" in (tmp_path / "report.md").read_text()
+    error = (run_dir / "error.txt").read_text()
+    assert reason.split(": ")[-1] in error
+    assert ("Traceback" in error) == (kind == "raised")   # the traceback goes to the file only
+    with open(tmp_path / "results.csv") as f:
+        assert [r["status"].startswith("error:") for r in csv.DictReader(f)] == [True]
+
+
+def test_reused_diverged_run_exits_3(tmp_path):
+    """A run that diverged earlier is reused as failed: --report_only exits 3 too."""
+    base = spec.base_config(quick=True)
+    fake_run(tmp_path, spec.settings(quick=True)["local"], 0, base, 2, None, final_mean=0.5)
+    summary = tmp_path / "runs" / "local" / "seed0" / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "status": "diverged"}))
+    proc = _cli([*QUICK, f"--workdir={tmp_path}", "--report_only"])
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    _one_error(proc, "1 of 1 runs failed (1 diverged)", "summary.json", "metrics.jsonl")
+
+
+def test_outcome_lists_failed_runs_only(tmp_path, monkeypatch):
+    """In process: failed runs are listed, missing ones (--report_only) are not failures."""
+    base = spec.base_config(quick=True, rounds=100)
+    fake_all(tmp_path, base, [0], skip=("fedavg", "rgg"))
+
+    def fake(config, workdir):
+        if config.algorithm == "fedavg":
+            raise rep.DivergenceError("loss above the limit")
+        raise rep.ConfigError("missing data")
+    monkeypatch.setattr(rep, "run", fake)
+    out = rep.run_reproduction(str(tmp_path), seeds=1, quick=True, rounds=100,
+                               claim_numbers=[2, 6])
+    assert sorted(r["setting"] for r in out.failed) == ["fedavg", "rgg"]
+    assert out.exit_status() == 3 and out.pending == []
+    assert "2 of 5 runs failed (1 diverged, 1 user error)" in out.failure_message()
+    only = rep.run_reproduction(str(tmp_path), seeds=1, quick=True, rounds=100,
+                                claim_numbers=[6], report_only=True)
+    # rgg raised (no summary.json): on disk it is just not there
+    assert only.failed == [] and [r["setting"] for r in only.pending] == ["rgg"]
+    assert only.exit_status() == 0
+    again = rep.run_reproduction(str(tmp_path), seeds=1, quick=True, rounds=100,
+                                 claim_numbers=[6])
+    assert [r["failure"] for r in again.failed] == ["config"] and again.exit_status() == 2
+    with pytest.raises(rep.ConfigError, match="--target"):
+        rep.run_reproduction(str(tmp_path), seeds=1, quick=True, target=1.5)
