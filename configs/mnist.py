@@ -26,7 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Model.
     c.model = "mlp"                  # mlp | cnn
-    c.hidden_sizes = (200, 200)      # MLP widths: 784-200-200-10
+    c.hidden_sizes = (200, 200)      # hidden dense widths: the MLP's (784-200-200-10) and the
+    #                                  CNN's head after its two conv+pool layers (3136-200-200-10)
 
     # Graph and consensus.
     c.topology = "complete"          # complete | cycle | path | star | grid | torus |

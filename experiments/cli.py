@@ -13,7 +13,9 @@ from collections.abc import Callable
 
 from absl import flags
 
+from experiments import argv_check
 from p2pl_jax import interrupts, stages
+from p2pl_jax.errors import ConfigError
 
 EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 
@@ -30,10 +32,12 @@ def flags_parser(usage: str, *config_flags) -> Callable[[list[str]], list[str]]:
     def parse(argv: list[str]) -> list[str]:
         try:
             rest = flags.FLAGS(argv)
+            # a tuple field given twice is concatenated by absl: keep the last, like any flag
+            argv_check.last_one_wins(argv, [flag.name for flag in config_flags])
             for flag in config_flags:   # a config file that failed to load raises when read
                 flag.value.to_dict()
             return rest
-        except flags.Error as e:
+        except (flags.Error, ConfigError) as e:
             message = str(e)
         except (AttributeError, KeyError) as e:   # ml_collections: an unknown --config.FIELD
             text = str(e).replace("\\'", "'").replace("\\n", " ").replace("\n", " ")
@@ -76,13 +80,3 @@ def interrupted(error: KeyboardInterrupt) -> None:
     """Ends the command after the round loop stopped on a signal (and checkpointed)."""
     interrupts.hard_exit(f"interrupted ({error})" if str(error) else "interrupted")
 
-
-def _sigterm(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def sigterm_as_interrupt() -> None:
-    """TEMP (until experiments.reproduce and experiments.sweep call install_interrupts)."""
-    import signal
-
-    signal.signal(signal.SIGTERM, _sigterm)

@@ -15,12 +15,17 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import cli
+from experiments import argv_check, cli
 from experiments.cli import EXIT_DIVERGED, EXIT_USER_ERROR
 from p2pl_jax.errors import ConfigError
 from p2pl_jax.runner import CHECKPOINT_DIR, DivergenceError, run
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/mnist.py", "Experiment config.")
+try:   # ml_collections parses --config.FIELD here when --config= is not given
+    with argv_check.define_time_errors("config"):
+        _CONFIG = config_flags.DEFINE_config_file("config", "configs/mnist.py",
+                                                  "Experiment config.")
+except ConfigError as err:
+    cli.fail(str(err), EXIT_USER_ERROR)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs.", required=True)
 
 _fail = cli.fail

@@ -18,6 +18,7 @@ import os
 
 import networkx as nx
 import numpy as np
+from absl import logging
 
 from p2pl_jax.errors import ConfigError, check_choice, check_range
 
@@ -57,6 +58,25 @@ def _is_int(text: str) -> bool:
     return True
 
 
+# What an edge-list file holds (quoted in the errors about it).
+EDGELIST_FORMAT = ("a text file, one 'u v' pair of integer node ids per line, '#' starts a "
+                   "comment")
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _edgelist_lines(path: str) -> list[str]:
+    """The lines of a text edge list; ConfigError naming the file for a binary one."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8-sig").splitlines()   # a byte-order mark is not a node id
+    except UnicodeDecodeError as e:
+        hint = (" (it is gzip-compressed: decompress it first, e.g. `gunzip -k`)"
+                if raw.startswith(_GZIP_MAGIC) else "")
+        raise ConfigError(f"edgelist_path={path!r} is not a text file{hint}: byte {e.start} is "
+                          f"not UTF-8; expected {EDGELIST_FORMAT}") from None
+
+
 def _read_edgelist(path: str | None, n: int, directed: bool = False) -> nx.Graph:
     if path is None or not str(path).strip():
         raise ConfigError("topology='edgelist' needs edgelist_path "
@@ -64,25 +84,37 @@ def _read_edgelist(path: str | None, n: int, directed: bool = False) -> nx.Graph
     if not os.path.isfile(path):
         raise ConfigError(f"edgelist_path={path!r}: file not found")
     g = nx.empty_graph(n, create_using=nx.DiGraph if directed else nx.Graph)
-    with open(path) as f:
-        for lineno, raw in enumerate(f, start=1):
-            line = raw.split("#", 1)[0].strip()
-            if not line:
-                continue
-            parts = line.split()
-            if len(parts) != 2 or not all(_is_int(x) for x in parts):
-                raise ConfigError(f"edgelist_path={path!r} line {lineno}: expected two integer "
-                                  f"node ids 'u v', got {raw.strip()!r}")
-            u, v = int(parts[0]), int(parts[1])
-            if not (0 <= u < n and 0 <= v < n):
-                raise ConfigError(f"edgelist_path={path!r} line {lineno}: node id out of range; "
-                                  f"allowed: 0..{n - 1} (num_devices={n})")
-            if u == v:
-                raise ConfigError(f"edgelist_path={path!r} line {lineno}: self loop {u}-{v} "
-                                  f"is not allowed")
-            g.add_edge(u, v)
+    duplicates, first_duplicate = 0, None
+    for lineno, raw in enumerate(_edgelist_lines(path), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not all(_is_int(x) for x in parts):
+            raise ConfigError(f"edgelist_path={path!r} line {lineno}: expected two integer "
+                              f"node ids 'u v', got {raw.strip()!r}")
+        u, v = int(parts[0]), int(parts[1])
+        if not (0 <= u < n and 0 <= v < n):
+            raise ConfigError(f"edgelist_path={path!r} line {lineno}: node id out of range; "
+                              f"allowed: 0..{n - 1} (num_devices={n})")
+        if u == v:
+            raise ConfigError(f"edgelist_path={path!r} line {lineno}: self loop {u}-{v} "
+                              f"is not allowed")
+        if g.has_edge(u, v):   # undirected: also v u listed before
+            duplicates += 1
+            first_duplicate = first_duplicate or (lineno, u, v)
+            continue
+        g.add_edge(u, v)
     if g.number_of_edges() == 0:
         raise ConfigError(f"edgelist_path={path!r} holds no edges")
+    if duplicates:
+        lineno, u, v = first_duplicate
+        logging.warning(
+            "edgelist_path=%r: dropped %d duplicate edge(s), each an edge listed before (the "
+            "first on line %d: '%d %d'; %s); every edge is used once: %d distinct edges",
+            path, duplicates, lineno, u, v,
+            "in a directed list 'u v' and 'v u' are two edges" if directed
+            else "'u v' and 'v u' are the same undirected edge", g.number_of_edges())
     return g
 
 
@@ -102,9 +134,16 @@ def make_graph(topology: str, num_devices: int, *, seed: int = 0, radius: float 
     watts_strogatz; k [graph_k] ring-lattice degree of watts_strogatz (even, < N); m [graph_m]
     edges per new node of barabasi_albert (1 <= m < N); degree [graph_degree] of random_regular
     (0 <= degree < N, N * degree even); grid_rows [graph_rows] for grid/torus (must divide N;
-    default the largest divisor <= sqrt(N)); edgelist_path for edgelist (one "u v" per line,
-    '#' comments). Raises ConfigError on bad parameters and, unless allow_disconnected, on a
-    disconnected graph.
+    default the largest divisor <= sqrt(N)); edgelist_path for edgelist (see below). Raises
+    ConfigError on bad parameters and, unless allow_disconnected, on a disconnected graph.
+
+    The edge list (topology=edgelist) is a UTF-8 text file with one "u v" pair of integer node
+    ids (0 <= u, v < N) per line; '#' starts a comment, blank lines are skipped. An edge listed
+    more than once (the same "u v" again, or "v u" after "u v" in an undirected list; in a
+    directed list "u v" and "v u" are two edges) is kept once (the later listings are dropped),
+    with a logged warning naming the file and how many duplicates were dropped. A self loop
+    "u u", a malformed line, a node id out of range, a binary (e.g. gzip-compressed) file or a
+    file with no edges is a ConfigError naming the file (and the line).
     """
     check_choice("topology", topology, TOPOLOGIES)
     check_range("num_devices", num_devices, _MIN_DEVICES.get(topology, 1), integer=True)

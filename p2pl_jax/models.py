@@ -6,6 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from p2pl_jax.errors import check_choice
+
 MODELS = ("mlp", "cnn")
 
 
@@ -27,11 +29,21 @@ class MLP(nn.Module):
 
 
 class CNN(nn.Module):
-    """Small LeNet-style CNN: x [B, H, W, C] -> logits [B, num_classes]."""
+    """Small LeNet-style CNN: x [B, H, W, C] -> logits [B, num_classes].
+
+    For each of `features`: a 3x3 convolution ('SAME' padding, stride 1) with that many output
+    channels, ReLU, 2x2 max pooling (stride 2); then the feature map is flattened and goes
+    through one ReLU dense layer per entry of `hidden_sizes` (the same field as the MLP's
+    hidden layers) and a final dense layer to num_classes logits. model=cnn with the MNIST
+    config's hidden_sizes=(200, 200): 28x28x1 -conv32-pool-> 14x14x32 -conv64-pool-> 7x7x64
+    (3136) -> 200 -> 200 -> 10. `dense`, when given, is one hidden layer of that width instead
+    of hidden_sizes (older callers).
+    """
 
     features: Sequence[int] = (32, 64)
-    dense: int = 128
+    hidden_sizes: Sequence[int] = (128,)
     num_classes: int = 10
+    dense: int | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -39,19 +51,19 @@ class CNN(nn.Module):
             x = nn.relu(nn.Conv(f, (3, 3))(x))
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape((x.shape[0], -1))
-        x = nn.relu(nn.Dense(self.dense)(x))
+        for width in (self.hidden_sizes if self.dense is None else (self.dense,)):
+            x = nn.relu(nn.Dense(width)(x))
         return nn.Dense(self.num_classes)(x)
 
 
 def make_model(name: str, *, hidden_sizes: Sequence[int] = (200, 200),
                num_classes: int = 10) -> nn.Module:
-    """Builds a model by name ("mlp" or "cnn")."""
-    from p2pl_jax.errors import check_choice
-
+    """Builds a model by name: "mlp" (MLP) or "cnn" (CNN); `hidden_sizes` are the widths of
+    the hidden dense layers of either (for the CNN, after the convolutions)."""
     check_choice("model", name, MODELS)
     if name == "mlp":
         return MLP(hidden_sizes=tuple(hidden_sizes), num_classes=num_classes)
-    return CNN(num_classes=num_classes)
+    return CNN(hidden_sizes=tuple(hidden_sizes), num_classes=num_classes)
 
 
 def init_params(model: nn.Module, key: jax.Array, input_shape: Sequence[int]):

@@ -214,9 +214,6 @@ def check_workdir(workdir: str, *subdirs: str) -> bool:
     return created
 
 
-_check_workdir = check_workdir   # TEMP: p2pl_jax/sweep.py still calls it
-
-
 def remove_if_empty(workdir: str) -> None:
     """Removes a workdir this run created when a user error left it empty."""
     try:

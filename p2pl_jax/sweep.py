@@ -30,6 +30,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import math
 import os
 import time
 
@@ -38,7 +39,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from p2pl_jax import checkpoint, loop, runner, writers
+from p2pl_jax import checkpoint, loop, runner, stages, writers
 from p2pl_jax.errors import ConfigError
 from p2pl_jax.metrics import make_evaluator
 
@@ -48,8 +49,13 @@ SWEEPABLE = ("seed", "learning_rate", "momentum", "link_failure_prob", "dropout_
              "mixing", "consensus_step", "algorithm")
 
 
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string"}
+
+
 def parse_values(field: str, text: str, base) -> list:
-    """Comma-separated values for `field`, converted to the type of the base config's value."""
+    """Comma-separated values for `field`, converted to the type of the base config's value;
+    ConfigError for a field that cannot be swept, an empty list, a value of another type, a
+    non-finite number or a value listed twice (two replicas would share one folder)."""
     if field not in SWEEPABLE:
         raise ConfigError(f"sweep.{field} cannot be swept; allowed: {', '.join(SWEEPABLE)}")
     items = [t.strip() for t in str(text).split(",") if t.strip()]
@@ -57,9 +63,17 @@ def parse_values(field: str, text: str, base) -> list:
         raise ConfigError(f"sweep.{field}={text!r} is empty; give comma-separated values")
     kind = type(base)
     try:
-        return [kind(t) for t in items]
+        values = [kind(t) for t in items]
     except ValueError as e:
-        raise ConfigError(f"sweep.{field}={text!r}: each value must be a {kind.__name__}") from e
+        raise ConfigError(f"sweep.{field}={text!r}: each value must be "
+                          f"{_KIND_NAMES.get(kind, kind.__name__)}") from e
+    if kind is float and not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"sweep.{field}={text!r}: each value must be a finite number")
+    repeated = [v for i, v in enumerate(values) if v in values[:i]]
+    if repeated:
+        raise ConfigError(f"sweep.{field}={text!r} lists {repeated[0]!r} more than once; give "
+                          "each value once")
+    return values
 
 
 def expand(base: ml_collections.ConfigDict, values: dict[str, list]) -> list[tuple[str, dict]]:
@@ -130,6 +144,22 @@ def _check_checkpoints(dirs: list[str], fp: dict, rounds: int) -> None:
             loop.check_resumable(meta, fp, rounds, d)
 
 
+def _check_outputs(workdir: str, names: list[str]) -> None:
+    """Makes every replica's folder in `workdir` (a writable directory); ConfigError naming
+    the path when one is a file (or under one) or sweep.json is not a file."""
+    for name in names:
+        rdir = os.path.join(workdir, name)
+        try:
+            os.makedirs(rdir, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"workdir={workdir!r}: cannot make the folder of replica {name!r} "
+                              f"({rdir!r}, is it a file?): {e.strerror}") from e
+    out = os.path.join(workdir, "sweep.json")
+    if os.path.exists(out) and not os.path.isfile(out):
+        raise ConfigError(f"workdir={workdir!r}: {out!r} (where the sweep writes its summaries) "
+                          "is not a file; remove it or use another workdir")
+
+
 def run_sweep(base: ml_collections.ConfigDict, values: dict[str, list], workdir: str) -> list:
     """Runs every replica of the sweep; returns their summaries (also in workdir/sweep.json).
 
@@ -137,7 +167,7 @@ def run_sweep(base: ml_collections.ConfigDict, values: dict[str, list], workdir:
     ConfigError naming the fields); re-raises KeyboardInterrupt after checkpointing the group in
     progress.
     """
-    runner._check_workdir(workdir)
+    runner.check_workdir(workdir)
     configs = []
     for name, override in expand(base, values):
         c = ml_collections.ConfigDict(base.to_dict())
@@ -146,13 +176,14 @@ def run_sweep(base: ml_collections.ConfigDict, values: dict[str, list], workdir:
         runner.validate(c)
         configs.append((name, c))
     fp = fingerprint(base, values)
+    _check_outputs(workdir, [name for name, _ in configs])
     _check_checkpoints([os.path.join(workdir, name, CHECKPOINT_DIR) for name, _ in configs], fp,
                        base.rounds)
     replicas = []
+    stages.reached("data")
     for name, c in configs:
         sim, ds, info = runner.build(c)
         rdir = os.path.join(workdir, name)
-        os.makedirs(rdir, exist_ok=True)
         writers.write_json(os.path.join(rdir, "config.json"), c.to_dict())
         writers.write_json(os.path.join(rdir, "partition.json"), info.pop("partition"))
         replicas.append(_Replica(name, c, sim, info, rdir))
@@ -178,9 +209,8 @@ def run_sweep(base: ml_collections.ConfigDict, values: dict[str, list], workdir:
             logging.warning("%s: the sweep stops before group %d/%d. Rerun the same command "
                             "to resume.", stopped_by, g + 2, len(groups))
             raise KeyboardInterrupt(f"{stopped_by} before sweep group {g + 2}")
-    with open(os.path.join(workdir, "sweep.json"), "w") as f:
-        json.dump([{"name": r.name, **s} for r, s in zip(
-            [r for reps in groups.values() for r in reps], summaries)], f, indent=2)
+    writers.write_json(os.path.join(workdir, "sweep.json"), [{"name": r.name, **s} for r, s in zip(
+        [r for reps in groups.values() for r in reps], summaries)])
     return summaries
 
 
@@ -198,6 +228,7 @@ class _GroupProgram:
     def prepare(self, state) -> float:
         """Compiles the round for `state`'s shapes (only when there are rounds to run)."""
         t0 = time.perf_counter()
+        stages.reached("compile")
 
         def compiled(return_local: bool):
             fn = functools.partial(self.sims[0].round_fn, return_local=return_local)
@@ -236,7 +267,8 @@ def _run_group(reps: list[_Replica], evaluate, ckpt: checkpoint.Checkpointer,
     state = _stack([r.sim.init(r.config.seed) for r in reps])
     program = _GroupProgram(reps)
     members = [loop.Member(r.name, r.config, r.workdir, r.info,
-                           message_bytes=r.sim.message_bytes) for r in reps]
+                           message_bytes=r.sim.message_bytes, loss_limit=r.info["loss_limit"])
+               for r in reps]
     group = loop.Loop(program, members, evaluate, ckpt, fp, stacked=True,
                       summary_extra={"replicas_in_program": len(reps)},
                       count_diverged_round=True)

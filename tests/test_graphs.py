@@ -1,5 +1,8 @@
 """Tests for p2pl_jax.graphs."""
 
+import gzip
+import logging
+
 import networkx as nx
 import numpy as np
 import pytest
@@ -174,3 +177,61 @@ def test_directed_edgelist_keeps_direction_and_must_be_strongly_connected(edgefi
     chain = edgefile("0 1\n1 2\n")
     with pytest.raises(ConfigError, match="strongly connected"):
         make_graph("edgelist", 3, edgelist_path=chain, directed=True)
+
+
+# ------------------------------------------------------------- edge-list files: binary, repeats
+
+
+@pytest.mark.parametrize("kind", ["gzip", "random bytes"])
+def test_binary_edgelist_is_a_config_error_naming_the_file(tmp_path, kind):
+    """A binary file (e.g. the edge list still gzip-compressed) is a ConfigError naming the file
+    and the expected format, not a UnicodeDecodeError."""
+    ring = "".join(f"{i} {(i + 1) % 4}\n" for i in range(4)).encode()
+    path = tmp_path / "edges.bin"
+    # bytes(range(128, 256)) is never UTF-8: a fixed stand-in for random bytes
+    path.write_bytes(gzip.compress(ring) if kind == "gzip" else bytes(range(128, 256)) * 4)
+    with pytest.raises(ConfigError) as e:
+        make_graph("edgelist", 4, edgelist_path=str(path))
+    msg = str(e.value)
+    assert f"edgelist_path={str(path)!r}" in msg and "not a text file" in msg, msg
+    assert "one 'u v' pair of integer node ids per line" in msg, msg
+    assert ("gzip" in msg) == (kind == "gzip"), msg
+
+
+def test_utf8_byte_order_mark_is_not_part_of_the_first_node_id(tmp_path):
+    path = tmp_path / "bom.txt"
+    path.write_bytes(b"\xef\xbb\xbf0 1\n1 2\n2 0\n")
+    assert nx.utils.edges_equal(make_graph("edgelist", 3, edgelist_path=str(path)).edges,
+                                [(0, 1), (1, 2), (0, 2)])
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_duplicate_edges_are_merged_with_a_warning(edgefile, caplog):
+    """The same pair again, or reversed in an undirected list, is one edge; a warning names the
+    file and how many listings were dropped."""
+    path = edgefile("0 1\n1 2\n2 3\n3 0\n1 0  # reversed\n0 1\n2 3\n")
+    ring = adjacency(make_graph("cycle", 4))
+    with caplog.at_level(logging.WARNING):
+        adj = adjacency(make_graph("edgelist", 4, edgelist_path=path))
+    np.testing.assert_array_equal(adj, ring)
+    (msg,) = _warnings(caplog)
+    assert repr(path) in msg and "dropped 3 duplicate edge(s)" in msg, msg
+    assert "line 5: '1 0'" in msg and "4 distinct edges" in msg, msg
+
+
+def test_directed_edgelist_merges_only_the_same_direction(edgefile, caplog):
+    path = edgefile("0 1\n1 0\n1 2\n2 0\n0 1\n")
+    with caplog.at_level(logging.WARNING):
+        g = make_graph("edgelist", 3, edgelist_path=path, directed=True)
+    assert sorted(g.edges) == [(0, 1), (1, 0), (1, 2), (2, 0)]
+    (msg,) = _warnings(caplog)
+    assert "dropped 1 duplicate edge(s)" in msg and "line 5: '0 1'" in msg, msg
+
+
+def test_edgelist_without_repeats_logs_no_warning(edgefile, caplog):
+    with caplog.at_level(logging.WARNING):
+        make_graph("edgelist", 3, edgelist_path=edgefile("0 1\n1 2\n2 0\n"))
+    assert _warnings(caplog) == []

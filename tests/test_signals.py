@@ -130,3 +130,25 @@ def test_second_signal_stops_at_once_keeping_the_newest_checkpoint(tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     line = _check_exit(proc, "SIGINT", 2, tmp_path)
     assert "a second time during round 3: stopped at once" in line
+
+
+# --- the sweep: one start-up stage and the round loop -----------------------------------------
+
+@pytest.mark.parametrize("stage,sig,newest", [("compile", "SIGINT", None),
+                                              ("round", "SIGTERM", 1)])
+def test_sweep_signal_exits_130_with_a_true_message(tmp_path, stage, sig, newest):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", P2PL_TEST_SIGNAL=f"{stage}:{sig}")
+    proc = subprocess.run([sys.executable, "-m", "experiments.sweep", *ARGS,
+                           "--sweep.seed=0,1", f"--workdir={tmp_path}"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    err = proc.stderr
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "Exception ignored" not in err, err[-3000:]
+    (line,) = [x for x in err.splitlines() if x.startswith("error: ")]
+    folder = tmp_path / "seed=0" / "sweep_checkpoints"   # the group's first replica holds it
+    if newest is None:
+        assert "during start-up" in line and "no checkpoint exists" in line, line
+        assert not folder.exists() or not any(p.name.isdigit() for p in folder.iterdir())
+    else:
+        assert f"the checkpoint of round {newest} in {folder} is kept" in line, line
+        assert max(int(p.name) for p in folder.iterdir() if p.name.isdigit()) == newest

@@ -185,3 +185,32 @@ def test_diverging_replica_stops_alone(tmp_path):
     assert by_lr[0.05]["status"] == "completed" and by_lr[0.05]["rounds_run"] == 3
     assert by_lr[1e30]["status"] == "diverged" and by_lr[1e30]["rounds_run"] == 1
     assert len(_records(os.path.join(tmp_path, "learning_rate=0.05"))) == 3
+
+
+def test_sweep_rejects_repeated_and_non_finite_values():
+    """A value listed twice would give two replicas one folder; inf/nan are not rates."""
+    base = smoke.get_config()
+    with pytest.raises(ConfigError, match=r"sweep.seed='0,1,0' lists 0 more than once"):
+        sweep.parse_values("seed", "0,1,0", base.seed)
+    with pytest.raises(ConfigError, match=r"sweep.learning_rate='0.1,1e-1' lists 0.1 more"):
+        sweep.parse_values("learning_rate", "0.1,1e-1", base.learning_rate)
+    for text in ("inf", "0.1,nan"):
+        with pytest.raises(ConfigError, match="must be a finite number"):
+            sweep.parse_values("learning_rate", text, base.learning_rate)
+    with pytest.raises(ConfigError, match=r"sweep.seed='1.5': each value must be an integer"):
+        sweep.parse_values("seed", "1.5", base.seed)
+
+
+@pytest.mark.parametrize("blocker", ["seed=1", "sweep.json"])
+def test_sweep_output_path_taken_by_another_kind_is_a_config_error(tmp_path, blocker):
+    """A replica folder that is a file, or a sweep.json that is a folder, is found before
+    anything is built, and named."""
+    if blocker == "sweep.json":
+        (tmp_path / blocker).mkdir()
+    else:
+        (tmp_path / blocker).write_text("not a folder")
+    with pytest.raises(ConfigError) as e:
+        sweep.run_sweep(smoke.get_config(), {"seed": [0, 1]}, str(tmp_path))
+    assert f"workdir={str(tmp_path)!r}" in str(e.value)
+    assert repr(str(tmp_path / blocker)) in str(e.value), str(e.value)
+    assert not (tmp_path / "seed=0" / "config.json").exists()   # nothing built
