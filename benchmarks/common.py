@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from p2pl_jax import data as data_lib
-from p2pl_jax import graphs, simulation
+from p2pl_jax import graphs, simulation, writers
 from p2pl_jax.models import MLP
 
 os.environ.setdefault("P2PL_NO_TFDS", "1")   # never wait on TensorFlow Datasets / the network
@@ -324,9 +324,10 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
 
 
 def write_json(path: str | None, obj: Any) -> None:
+    """Strict JSON (non-finite floats as null, listed under `nonfinite`; p2pl_jax.writers)."""
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(obj, indent=1, default=str))
+        Path(path).write_text(writers.dumps(json.loads(json.dumps(obj, default=str)), indent=1))
 
 
 def _fmt(v: Any) -> str:

@@ -14,11 +14,13 @@ After every round r the hooks run in this order (each member that is still live)
   progress    one progress.Progress report (worst / mean accuracy over the members' records)
   stop        a stop request (SIGINT/SIGTERM, `StopRequest`) checks the parameters not yet
               checked, then ends the loop after this round; so does every member having stopped
+              (a second signal ends the process at once: p2pl_jax.interrupts)
   checkpoint  every checkpoint_every rounds, at a stop and at the end: Recorder.settle(), then
               one orbax checkpoint of the whole state with every member's bookkeeping
 
-A member whose loss or parameters are not finite stops with status 'diverged' (its records end
-at the last good evaluation) while the others go on; a run raises its DivergenceError after the
+A member that diverges (recorder.check_finite: a non-finite metric or parameter, or a loss above
+its loss limit) stops with status 'diverged' (its records end at the last good evaluation) while
+the others go on; a run raises its DivergenceError after the
 loop (`Member.error`). Nothing is saved once no member is healthy. A stop request saves and then
 raises KeyboardInterrupt, as does Ctrl-C (the second one interrupts at once). The summaries
 (summary.json of each member) are written in every case.
