@@ -38,6 +38,8 @@ reused and an interrupted one continues from its checkpoint when the same comman
 
 from __future__ import annotations
 
+from experiments import early_signals  # noqa: F401 - first: the signal watcher (see there)
+
 import contextlib
 import csv
 import dataclasses

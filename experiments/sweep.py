@@ -16,6 +16,7 @@ summary.json); 2 a user error, one message without a traceback; 130 interrupted 
 SIGTERM: the group in progress is checkpointed after its current round; rerun to resume).
 """
 
+from experiments import early_signals  # noqa: F401 - first: the signal watcher (see there)
 import os
 
 from absl import app, flags

@@ -10,6 +10,7 @@ file, unwritable workdir, corrupt or mismatched checkpoint), printed as one mess
 traceback; 3 training diverged; 130 interrupted (Ctrl-C or SIGTERM; rerun to resume).
 """
 
+from experiments import early_signals  # noqa: F401 - first: the signal watcher (see there)
 import os
 
 from absl import app, flags, logging

@@ -1,6 +1,7 @@
 """The named stages of a run, for messages ("during start-up (compile)") and for tests that
 must make a signal arrive at an exact moment.
 
+  import   the tool's module has started importing JAX and the rest (experiments.early_signals)
   start    the command line has parsed its flags
   data     loading the data and building the partition, the graph and the simulator
   compile  compiling the round and the evaluator
@@ -19,9 +20,9 @@ import os
 import signal
 
 ENV = "P2PL_TEST_SIGNAL"
-STAGES = ("start", "data", "compile", "round", "save")
+STAGES = ("import", "start", "data", "compile", "round", "save")
 _LOOP = ("round", "save")
-_current = ["start"]
+_current = ["import"]
 _fired: set[str] = set()
 
 
@@ -39,7 +40,8 @@ def reached(stage: str) -> None:
 
 def describe() -> str:
     """The start-up stage last reached, in words."""
-    return {"start": "start-up (before the data)", "data": "start-up (data, graph, simulator)",
+    return {"import": "start-up (importing)", "start": "start-up (before the data)",
+            "data": "start-up (data, graph, simulator)",
             "compile": "start-up (compile)"}.get(_current[0], _current[0])
 
 

@@ -22,7 +22,7 @@ ARGS = ["--config=configs/smoke.py", "--config.rounds=4", "--config.checkpoint_e
         "--config.progress=False", "--config.tensorboard=False"]
 SIGNALS = ("SIGINT", "SIGTERM")
 # stage -> the newest checkpoint the message and the folder must show (None: none exists)
-STAGES = {"start": None, "data": None, "compile": None,
+STAGES = {"import": None, "start": None, "data": None, "compile": None,
           "round": 1,    # the round in progress (1) is finished and checkpointed
           "save": 3}     # arrives during the save of round 2: round 3 is finished and saved
 
