@@ -21,6 +21,7 @@ EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 
 
 def fail(message: str, status: int):
+    interrupts.finished()   # a signal now must not replace this message and status
     print(f"error: {message}", file=sys.stderr)
     sys.exit(status)
 

@@ -62,7 +62,7 @@ from configs import mnist
 from configs import reproduce as spec
 from experiments import cli
 from experiments.cli import EXIT_DIVERGED, EXIT_USER_ERROR
-from p2pl_jax import algorithms, checkpoint, plotting
+from p2pl_jax import algorithms, checkpoint, interrupts, plotting
 from p2pl_jax.errors import ConfigError, check_range
 from p2pl_jax.runner import CHECKPOINT_DIR, DivergenceError, run, validate
 
@@ -885,6 +885,7 @@ def main(argv: list[str]) -> None:
         cli.fail(str(e), EXIT_USER_ERROR)
     except KeyboardInterrupt as e:   # a run's round loop stopped on a signal and checkpointed
         cli.interrupted(e)
+    interrupts.finished()   # the report is written: the exit status is the outcome's
     for number, (v, _) in sorted(outcome.verdicts.items()):
         print(f"claim {number}: {v}")
     print(f"report: {os.path.join(_WORKDIR.value, 'report.md')}")

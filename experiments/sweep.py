@@ -23,6 +23,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import argv_check, cli
+from p2pl_jax import interrupts
 from p2pl_jax.errors import ConfigError
 from p2pl_jax.sweep import CHECKPOINT_DIR, SWEEPABLE, parse_values, run_sweep
 
@@ -70,6 +71,7 @@ def main(argv):
         cli.fail(str(e), cli.EXIT_USER_ERROR)
     except KeyboardInterrupt as e:   # the group in progress stopped on a signal and checkpointed
         cli.interrupted(e)
+    interrupts.finished()   # everything is written: the sweep ends with status 0
     for s in summaries:
         print(f"rounds_to_target={s['rounds_to_target']} final_acc_mean={s['final_acc_mean']}")
 

@@ -18,6 +18,7 @@ from ml_collections import config_flags
 
 from experiments import argv_check, cli
 from experiments.cli import EXIT_DIVERGED, EXIT_USER_ERROR
+from p2pl_jax import interrupts
 from p2pl_jax.errors import ConfigError
 from p2pl_jax.runner import CHECKPOINT_DIR, DivergenceError, run
 
@@ -49,6 +50,7 @@ def main(argv):
         _fail(str(e), EXIT_DIVERGED)
     except KeyboardInterrupt as e:   # the round loop stopped on a signal and checkpointed
         cli.interrupted(e)
+    interrupts.finished()   # everything is written: the run ends with status 0
     rtt = summary["rounds_to_target"]
     logging.info("done: %d rounds, rounds_to_target=%s, final acc min %.4f mean %.4f, %.1fs",
                  summary["rounds_run"], rtt, summary["final_acc_min"] or 0.0,

@@ -82,6 +82,17 @@ def set_round(round_index: int) -> None:
     _State.loop_round = round_index
 
 
+def finished() -> None:
+    """The command's work is done and written: SIGINT and SIGTERM are ignored from now on, so
+    the process ends with the status of what it did (a signal in the last milliseconds, during
+    interpreter teardown, would otherwise kill it: Python restores the default action of every
+    signal it handled, but leaves ignored ones ignored). Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in _SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _watch(reader: socket.socket) -> None:
     while True:
         data = reader.recv(64)

@@ -152,3 +152,28 @@ def test_sweep_signal_exits_130_with_a_true_message(tmp_path, stage, sig, newest
     else:
         assert f"the checkpoint of round {newest} in {folder} is kept" in line, line
         assert max(int(p.name) for p in folder.iterdir() if p.name.isdigit()) == newest
+
+
+def test_signal_after_the_work_is_written_keeps_status_0(tmp_path):
+    """Once the summaries are written a signal is ignored (it used to kill the process in
+    interpreter teardown: status -2 in the stress run), so a finished run exits 0."""
+    script = (
+        "import os, signal, time\n"
+        "from absl import app\n"
+        "from p2pl_jax import interrupts\n"
+        "from experiments import train\n"
+        "_finished = interrupts.finished\n"
+        "def finished():\n"
+        "    _finished()\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(0.5)\n"
+        "interrupts.finished = finished\n"
+        "app.run(train.main, flags_parser=train.parse_flags)\n")
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("P2PL_TEST_SIGNAL", None)
+    proc = subprocess.run([sys.executable, "-c", script, *ARGS, f"--workdir={tmp_path}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rounds_to_target=" in proc.stdout
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
