@@ -47,4 +47,5 @@ def describe() -> str:
 
 def after_loop() -> None:
     """The round loop has ended (signals now interrupt the summary writing)."""
-    _current[0] = "the end of the run (writing its summaries)"
+    _current[0] = ("the end of a round loop (writing summaries, or setting up the next sweep "
+                   "group)")
