@@ -26,6 +26,7 @@ import json
 import logging as pylogging
 import os
 import shutil
+import sys
 from typing import Any
 
 import jax
@@ -192,6 +193,25 @@ class _OrbaxInfoFilter(pylogging.Filter):
         return record.levelno >= pylogging.WARNING and not record.exc_info
 
 
+def _quiet_closed_loop() -> None:
+    """After a failed save, orbax's background writer threads may still try to reach their
+    closed asyncio loop; Python prints that as "Exception ignored ... RuntimeError: Event loop is
+    closed" with a traceback. Those reports (only those) are dropped: the failure itself is
+    reported in one message."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_p2pl_quiet", False):
+        return
+
+    def hook(unraisable) -> None:
+        exc = unraisable.exc_value
+        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._p2pl_quiet = True   # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 def _no_space(error: BaseException) -> bool:
     """Whether `error` (or an exception it was raised from) is a full disk or quota."""
     seen = set()
@@ -353,6 +373,7 @@ class Checkpointer:
         """Removes the partial folder of a failed save and raises ConfigError saying why and
         what is kept (the previous checkpoint is untouched: orbax renames a step into place
         only once it is complete)."""
+        _quiet_closed_loop()
         self.close()
         for name in os.listdir(self.directory) if os.path.isdir(self.directory) else ():
             if not name.isdigit() and name.split(".")[0] == str(round_index):
