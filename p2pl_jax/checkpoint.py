@@ -193,23 +193,30 @@ class _OrbaxInfoFilter(pylogging.Filter):
         return record.levelno >= pylogging.WARNING and not record.exc_info
 
 
+def _closed_loop(exc: BaseException | None) -> bool:
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
 def _quiet_closed_loop() -> None:
-    """After a failed save, orbax's background writer threads may still try to reach their
-    closed asyncio loop; Python prints that as "Exception ignored ... RuntimeError: Event loop is
-    closed" with a traceback. Those reports (only those) are dropped: the failure itself is
-    reported in one message."""
-    previous = sys.unraisablehook
-    if getattr(previous, "_p2pl_quiet", False):
+    """When a save fails (e.g. a full disk), orbax's background writers (tensorstore callbacks)
+    still try to reach their closed asyncio loop; Python prints each such
+    RuntimeError("Event loop is closed") with a traceback (through sys.excepthook from native
+    code, or as an unraisable exception). Those reports, and only those, are dropped (installed
+    with the checkpoint manager): the failure itself is reported in one message."""
+    if getattr(sys.excepthook, "_p2pl_quiet", False):
         return
+    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
 
-    def hook(unraisable) -> None:
-        exc = unraisable.exc_value
-        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
-            return
-        previous(unraisable)
+    def quiet_excepthook(kind, value, tb) -> None:
+        if not _closed_loop(value):
+            excepthook(kind, value, tb)
 
-    hook._p2pl_quiet = True   # type: ignore[attr-defined]
-    sys.unraisablehook = hook
+    def quiet_unraisablehook(unraisable) -> None:
+        if not _closed_loop(unraisable.exc_value):
+            unraisablehook(unraisable)
+
+    quiet_excepthook._p2pl_quiet = True   # type: ignore[attr-defined]
+    sys.excepthook, sys.unraisablehook = quiet_excepthook, quiet_unraisablehook
 
 
 def _no_space(error: BaseException) -> bool:
@@ -239,6 +246,7 @@ class Checkpointer:
             import orbax.checkpoint as ocp
 
             _quiet_orbax()
+            _quiet_closed_loop()
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=self._max_to_keep, enable_async_checkpointing=False,
                 cleanup_tmp_directories=True, create=True)
@@ -373,7 +381,6 @@ class Checkpointer:
         """Removes the partial folder of a failed save and raises ConfigError saying why and
         what is kept (the previous checkpoint is untouched: orbax renames a step into place
         only once it is complete)."""
-        _quiet_closed_loop()
         self.close()
         for name in os.listdir(self.directory) if os.path.isdir(self.directory) else ():
             if not name.isdigit() and name.split(".")[0] == str(round_index):

@@ -265,3 +265,28 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint_and_the_metrics(
     reference = tmp_path / "reference"
     runner.run(_config(rounds=5, checkpoint_every=1), str(reference))
     assert _records(moved) == _records(reference)
+
+
+def test_disk_full_through_the_cli_is_one_message(checkpointed, tmp_path):
+    """The same fault through experiments.train: exit 2, one line, none of orbax's tracebacks
+    (its writer threads report a closed event loop several times when a write fails)."""
+    used_kb = sum(p.stat().st_size for p in checkpointed.rglob("*") if p.is_file()) // 1024
+    ckpt_kb = sum(p.stat().st_size for p in (checkpointed / "checkpoints" / "3").rglob("*")
+                  if p.is_file()) // 1024
+    disk = tmp_path / f"disk_{uuid.uuid4().hex[:6]}"
+    _mount_tmpfs(disk, used_kb + ckpt_kb // 2 + 64)
+    try:
+        shutil.copytree(checkpointed, disk / "run")
+        env = dict(os.environ, JAX_PLATFORMS="cpu")
+        env.pop("P2PL_TEST_SIGNAL", None)
+        proc = subprocess.run(
+            [sys.executable, "-m", "experiments.train", "--config=configs/smoke.py",
+             f"--workdir={disk / 'run'}", "--config.rounds=5", "--config.checkpoint_every=1",
+             "--config.progress=False", "--config.tensorboard=False"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
+    assert "no space left on device" in line and "round 3 is kept" in line
