@@ -13,10 +13,17 @@ import sys
 from experiments import cli  # light: absl flags and p2pl_jax.interrupts
 from p2pl_jax import interrupts, stages
 
-# tool -> its checkpoint folders under --workdir (glob)
+# tool -> its checkpoint folders under --workdir (glob); literal folder names, because
+# runner.CHECKPOINT_DIR and sweep.CHECKPOINT_DIR import JAX (tests/test_signals.py holds them)
 CHECKPOINTS = {"experiments.train": "checkpoints",
                "experiments.sweep": os.path.join("*", "sweep_checkpoints"),
                "experiments.reproduce": os.path.join("runs", "*", "seed*", "checkpoints")}
+
+
+def install(tool: str, workdir: str) -> None:
+    """The watcher of `tool` with the checkpoint folders under the parsed --workdir (the tools'
+    main calls this once the flags are parsed)."""
+    cli.install_interrupts(os.path.join(workdir, CHECKPOINTS[tool]))
 
 
 def workdir_from_argv(argv: list[str]) -> str | None:

@@ -874,7 +874,7 @@ def run_reproduction(workdir: str, *, seeds: int = 3, quick: bool = False,
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {argv[1:]}\nUsage: {USAGE}", EXIT_USER_ERROR)
-    cli.install_interrupts(os.path.join(_WORKDIR.value, "runs", "*", "seed*", CHECKPOINT_DIR))
+    early_signals.install("experiments.reproduce", _WORKDIR.value)
     try:
         outcome = run_reproduction(
             _WORKDIR.value, seeds=_SEEDS.value, quick=_QUICK.value, rounds=_ROUNDS.value,

@@ -17,7 +17,6 @@ SIGTERM: the group in progress is checkpointed after its current round; rerun to
 """
 
 from experiments import early_signals  # noqa: F401 - first: the signal watcher (see there)
-import os
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -25,7 +24,7 @@ from ml_collections import config_flags
 from experiments import argv_check, cli
 from p2pl_jax import interrupts
 from p2pl_jax.errors import ConfigError
-from p2pl_jax.sweep import CHECKPOINT_DIR, SWEEPABLE, parse_values, run_sweep
+from p2pl_jax.sweep import SWEEPABLE, parse_values, run_sweep
 
 USAGE = ("python -m experiments.sweep --config=CONFIG.py --workdir=DIR --sweep.FIELD=V1,V2,... "
          f"[--config.FIELD=VALUE ...]; sweepable fields: {', '.join(SWEEPABLE)}")
@@ -59,7 +58,7 @@ def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {argv[1:]}; pass config fields as --config.FIELD=VALUE "
                  "and swept values as --sweep.FIELD=V1,V2", cli.EXIT_USER_ERROR)
-    cli.install_interrupts(os.path.join(_WORKDIR.value, "*", CHECKPOINT_DIR))
+    early_signals.install("experiments.sweep", _WORKDIR.value)
     base = _CONFIG.value
     try:
         # Fields in sorted order (replica folders are named field=value,... in this order);

@@ -11,7 +11,6 @@ traceback; 3 training diverged; 130 interrupted (Ctrl-C or SIGTERM; rerun to res
 """
 
 from experiments import early_signals  # noqa: F401 - first: the signal watcher (see there)
-import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -20,7 +19,7 @@ from experiments import argv_check, cli
 from experiments.cli import EXIT_DIVERGED, EXIT_USER_ERROR
 from p2pl_jax import interrupts
 from p2pl_jax.errors import ConfigError
-from p2pl_jax.runner import CHECKPOINT_DIR, DivergenceError, run
+from p2pl_jax.runner import DivergenceError, run
 
 try:   # ml_collections parses --config.FIELD here when --config= is not given
     with argv_check.define_time_errors("config"):
@@ -40,7 +39,7 @@ def main(argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments: {argv[1:]}; pass config fields as --config.FIELD=VALUE",
               EXIT_USER_ERROR)
-    cli.install_interrupts(os.path.join(_WORKDIR.value, CHECKPOINT_DIR))
+    early_signals.install("experiments.train", _WORKDIR.value)
     try:
         config = _CONFIG.value
         summary = run(config, _WORKDIR.value)

@@ -43,7 +43,7 @@ class _State:
     signals_in_loop = 0   # signals received while graceful
     loop_round = 0        # the round in progress (set by the loop)
     describe: Callable[[], str] = staticmethod(lambda: "")
-    sockets: tuple = ()
+    sockets: tuple = ()   # held so the wakeup socket stays open for the process
 
 
 def installed() -> bool:
@@ -72,13 +72,13 @@ def install(describe: Callable[[], str]) -> None:
     threading.Thread(target=_watch, args=(reader,), name="p2pl-signals", daemon=True).start()
 
 
-def graceful(on: bool, round_index: int = 0) -> None:
+def graceful(on: bool) -> None:
     """Called by the round loop: while on, the first signal is the loop's to handle."""
     _State.graceful, _State.signals_in_loop = on, 0
-    _State.loop_round = round_index
 
 
 def set_round(round_index: int) -> None:
+    """The round in progress (named by the message of a second signal)."""
     _State.loop_round = round_index
 
 

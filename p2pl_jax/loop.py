@@ -117,12 +117,12 @@ class StopRequest:
         self.signal = ""
         self._previous: dict = {}
 
-    def install(self, round_index: int = 0) -> None:
+    def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._handle)
-        interrupts.graceful(True, round_index)   # after the handlers: no signal goes unseen
+        interrupts.graceful(True)   # after the handlers: no signal goes unseen
 
     def _handle(self, signum, frame) -> None:
         if self.signal and not interrupts.installed():
@@ -317,7 +317,7 @@ class Loop:
         stop_request = StopRequest()
         outcome = "failed"
         try:
-            stop_request.install(self.start_round + 1)
+            stop_request.install()
             self._rounds(stop_request)
             outcome = "completed"
         except KeyboardInterrupt:
