@@ -3,7 +3,7 @@ dataset sizes.
 
     python -m benchmarks.compare_mixing [--num_devices=100] [--rounds=100] [--seeds=3]
         [--graphs=random_geometric,erdos_renyi,torus] [--schemes=data_size,metropolis,
-        uniform,max_degree] [--sizes=equal,skewed] [--skew_sigma=1.0] [--eval_every=2]
+        uniform,max_degree,data_size_mh] [--sizes=equal,skewed] [--skew_sigma=1.0] [--eval_every=2]
         [--workdir=runs/compare_mixing] [--quick]
 
 Each case (graph × sizes × scheme × seed) is one p2pl_jax.runner.run of configs/mnist.py
@@ -37,7 +37,7 @@ from experiments.reproduce import run_or_reuse
 
 GRAPHS = {"random_geometric": {"graph_radius": (0.25, 0.6)},
           "erdos_renyi": {"graph_p": (0.06, 0.5)}, "torus": {}, "cycle": {}}
-SCHEMES = ("data_size", "metropolis", "uniform", "max_degree")
+SCHEMES = ("data_size", "metropolis", "uniform", "max_degree", "data_size_mh")
 CSV_FIELDS = ("graph", "sizes", "scheme", "seed", "status", "rounds_to_target", "final_acc_min",
               "final_acc_mean", "rounds_run", "train_s_per_round", "compile_time_s",
               "wall_time_s", "diameter", "spectral_gap", "max_samples", "workdir")

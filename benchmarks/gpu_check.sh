@@ -10,6 +10,8 @@
 #   round_time   N = 100, 1000, 10000; dense and gather consensus
 #   vs_loop      N = 100: vectorized vs jax loop vs torch loop (torch on cuda)
 #   sweep        python -m benchmarks.sweep, when that file exists
+#   skew         benchmarks.skew at N = 100 and 1000 (padded vs bucketed local phase)
+#   setup_time   benchmarks.setup_time (host set-up by stage)
 #   algorithms   pytest tests/test_algorithms.py, then benchmarks.compare_algorithms (the reduced
 #                protocol of issue #10; needs MNIST in .gpu_data; set GPU_CHECK_BUDGET_S=600)
 # Logs and JSON go to RESULTS_DIR (default $OUT/gpu_check when $OUT is set, else
@@ -97,6 +99,15 @@ stage vs_loop_n100 60 "$PY" -m benchmarks.vs_loop --n=100 --repeats=1 \
     --json "$RES/vs_loop_n100.json"
 if [ -f benchmarks/sweep.py ]; then
     stage sweep 60 "$PY" -m benchmarks.sweep
+fi
+if [ -f benchmarks/skew.py ]; then   # issue #12: padded vs bucketed local phase (calibrates
+    # buckets.OVERHEAD["gpu"]); also N = 1000, where the padded scan is launch-bound
+    stage skew 120 "$PY" -m benchmarks.skew --repeats=3 --padded-repeats=2 --json "$RES/skew.json"
+    stage skew_n1000 120 "$PY" -m benchmarks.skew --n=1000 --cases=equal,top:0.5,lognormal:1.5 \
+        --json "$RES/skew_n1000.json"
+fi
+if [ -f benchmarks/setup_time.py ]; then
+    stage setup_time 120 "$PY" -m benchmarks.setup_time --json "$RES/setup_time.json"
 fi
 if [ -f tests/test_algorithms.py ] && "$PY" -c "import pytest" 2>/dev/null; then
     stage pytest_algorithms 90 "$PY" -m pytest -q -x tests/test_algorithms.py

@@ -22,6 +22,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.dirichlet_alpha = 0.5          # partition=dirichlet
     c.skew_sigma = 1.0               # partition=skew: log-normal sizes exp(sigma z)
     c.skew_top_fraction = 0.0        # partition=skew: >0 -> device 0 holds this share of the data
+    c.skew_fractions = ()            # partition=skew: (f_1, ..., f_G) -> G groups of consecutive
+    #                                  devices, as equal as possible (the first N mod G groups
+    #                                  one device more); group g shares f_g of the data equally.
+    #                                  f_g > 0, sum 1 (within 1e-6), G <= N; e.g. (0.01, 0.99):
+    #                                  half the devices share 1%. () = off; not with
+    #                                  skew_top_fraction
     c.min_samples_per_device = 1     # every device gets at least this many samples
 
     # Model.
@@ -43,8 +49,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.edgelist_path = ""             # topology=edgelist
     c.directed = False               # topology=edgelist: "u v" means u sends to v (directed)
     c.allow_disconnected = False     # a disconnected graph is an error unless this is set
+    c.graph_resample = False         # random topologies: use graph seed seed + 1000 k for the
+    #                                  first k = 0..99 whose graph is connected (an error if none
+    #                                  is); the seed used is summary.json's graph_seed. Refused
+    #                                  for deterministic topologies and with allow_disconnected
     c.mixing = "auto"                # auto (the algorithm's default: data_size for p2pl) |
-    #                                  data_size | metropolis | uniform | max_degree | fedavg
+    #                                  data_size | metropolis | uniform | max_degree | fedavg |
+    #                                  data_size_mh (Metropolis-Hastings: consensus weights =
+    #                                  data shares; undirected links only)
     c.consensus_backend = "auto"     # auto | dense | gather
     c.sync = "max_norm"              # max_norm | none | shared_seed
     c.link_failure_prob = 0.0        # each edge down with this probability each round
@@ -78,17 +90,25 @@ def get_config() -> ml_collections.ConfigDict:
     c.distributed = False            # with shard: jax.distributed.initialize() (multi-host)
     c.device_block = -1              # local phase layout: -1 auto (2 on CPU, 0 on GPU/TPU);
     #                                  0 = vmap all devices; k = lax.map over blocks of k
+    c.local_buckets = -1             # work-proportional local phase: devices grouped by size
+    #                                  into at most this many scans of their own length;
+    #                                  -1 auto (up to 8), 1 = one padded scan for everybody
 
     # Evaluation.
-    c.eval_every = 1                 # evaluate every this many rounds (and the last)
+    c.eval_every = 1                 # evaluate every this many rounds (and the last, and every
+    #                                  round of a hold); rounds_to_target's resolution
     c.eval_after_local = False       # also evaluate the models before consensus
     c.eval_backfill = True           # with eval_every > 1: once an evaluation meets the target,
     #                                  also evaluate the rounds since the previous evaluation
     #                                  (their params are kept: (eval_every - 1) x N x P x 4
-    #                                  bytes) so rounds_to_target is exact
+    #                                  bytes) until rounds_to_stable_target is found; it is then
+    #                                  exact when target_hold_rounds >= eval_every
     c.target_accuracy = 0.97         # target of rounds_to_target (every device must reach it)
-    c.stop_at_target = True          # stop at the first evaluated round where all devices reach
-    #                                  the target
+    c.target_hold_rounds = 10        # rounds_to_stable_target: every device at or above the
+    #                                  target for this many consecutive rounds, all evaluated
+    #                                  (integer >= 1; 1 = the first evaluated crossing)
+    c.stop_at_target = True          # stop when that hold is complete (rounds_to_stable_target
+    #                                  found), not at the first crossing
     c.divergence_loss_factor = 100.0  # a round whose train or test loss is above this x ln(number
     #                                  of classes) (the loss of a uniform guess) counts as
     #                                  diverged, like a non-finite metric or parameter: the run

@@ -16,7 +16,8 @@ Mean over seeds. The markdown table goes to stdout and to --out if given.
 Allowed values: --num_devices ≥ 2; --seeds ≥ 1; 0 < --radius ≤ 1.5 (and every seed's graph
 connected); --samples ≥ --num_devices; --skews a list of equal, lognormal:SIGMA (0 < SIGMA ≤ 10),
 top:FRACTION (0 < FRACTION < 1); --schemes among data_size, metropolis, uniform, max_degree,
-fedavg; --out a writable file path (its folder must exist). All are checked before any work.
+fedavg, data_size_mh (π = p exactly: TV 0, π/p 1); --out a writable file path (its folder
+must exist). All are checked before any work.
 
 Exit status: 0 done; 2 a user error (a bad flag or value, an unwritable --out), printed as one
 message `error: ...` without a traceback.
@@ -44,14 +45,15 @@ _SKEWS = flags.DEFINE_list("skews", ["equal", "lognormal:0.5", "lognormal:1", "t
                            "Size distributions: equal, lognormal:SIGMA (0 < SIGMA ≤ 10), "
                            "top:FRACTION (one device holds FRACTION of the data, 0 < FRACTION "
                            "< 1, the rest equal).")
-_SCHEMES = flags.DEFINE_list("schemes", ["data_size", "uniform", "metropolis", "max_degree"],
+_SCHEMES = flags.DEFINE_list("schemes", ["data_size", "uniform", "metropolis", "max_degree",
+                                        "data_size_mh"],
                              "Weight schemes (data_size, metropolis, uniform, max_degree, "
-                             "fedavg).")
+                             "fedavg, data_size_mh).")
 _OUT = flags.DEFINE_string("out", None, "Also write the markdown table here.")
 
 USAGE = ("python -m experiments.mixing_analysis [--num_devices=100] [--seeds=3] [--radius=0.25] "
          "[--samples=60000] [--skews=equal,lognormal:1,top:0.5] "
-         "[--schemes=data_size,uniform,metropolis,max_degree] [--out=FILE.md]")
+         "[--schemes=data_size,uniform,metropolis,max_degree,data_size_mh] [--out=FILE.md]")
 parse_flags = cli.flags_parser(USAGE)
 
 

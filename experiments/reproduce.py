@@ -7,11 +7,14 @@ For every claim in configs/reproduce.py, each of its settings is run once per se
 p2pl_jax.runner.run into DIR/runs/<setting>/seed<k>/. A run whose summary.json exists and whose
 config.json equals the requested config is reused; an interrupted run continues from its
 checkpoint (runner.run resumes), so an interrupted reproduction picks up where it stopped. Then
-  DIR/results.csv   one row per run (setting, seed, config fields, rounds_to_target, accuracies,
-                    diameter, spectral gap, timings);
+  DIR/results.csv   one row per run (setting, seed, config fields, rounds_to_target and its
+                    resolution, rounds_to_stable_target, accuracies, diameter, spectral gap,
+                    timings);
   DIR/report.md     per claim: the settings, rounds-to-target (mean ± std over the seeds that
-                    reached it; otherwise the final min / mean accuracy), a verdict computed from
-                    those numbers, and figures (DIR/figures/*.png, linked relatively).
+                    reached it, with its resolution; otherwise the final min / mean accuracy),
+                    rounds-to-stable-target (the target held for target_hold_rounds evaluated
+                    rounds), a verdict computed from the rounds-to-target numbers, and figures
+                    (DIR/figures/*.png, linked relatively).
 --report_only writes the report from the runs already on disk (missing settings: "not run").
 
 Several processes started with the same flags share the runs: each claims a run through a file
@@ -72,10 +75,12 @@ _QUICK = flags.DEFINE_bool("quick", False, "Tiny scale: checks the pipeline, not
 _ROUNDS = flags.DEFINE_integer("rounds", None, "Round cap (default 100; 3 with --quick).")
 _TARGET = flags.DEFINE_float("target", None, "Target accuracy (default 0.97; 0.6 with --quick).")
 _EVAL_EVERY = flags.DEFINE_integer(
-    "eval_every", 2, "Evaluate every this many rounds where the devices' models differ (each "
+    "eval_every", -1, "Evaluate every this many rounds where the devices' models differ (each "
     "evaluation runs all N models on the test set); identical-model settings evaluate every "
-    "round. Rounds-to-target stays exact: the rounds in between are evaluated once an "
-    "evaluation meets the target (eval_backfill).")
+    "round. -1 = auto: 1 on GPU/TPU (an evaluation is cheap there), 2 on CPU. Rounds-to-target "
+    "is resolved to eval_every (a crossing that dips back below before the next evaluation is "
+    "not seen); rounds-to-stable-target evaluates every round of its hold and, with "
+    "eval_backfill, is exact when target_hold_rounds >= eval_every.")
 _SKEW_SIGMA = flags.DEFINE_float("skew_sigma", 1.0, "Claim 7: log-normal size skew σ (the "
                                  "local phase costs ∝ the largest device's size).")
 _CLAIMS = flags.DEFINE_list("claims", None, "Only these claim numbers (default: all 8).")
@@ -107,6 +112,17 @@ def parse_claims(values: Sequence[str] | None) -> list[int] | None:
         raise ConfigError(f"--claims={','.join(map(str, values))}: no claim "
                           f"{', '.join(map(str, bad))}; allowed: {allowed}")
     return numbers
+
+
+CPU_EVAL_EVERY = 2   # --eval_every=-1 on CPU: an evaluation of 100 distinct models costs more
+#                      than a round there (README, Reproducing the paper)
+
+
+def resolve_eval_every(eval_every: int) -> int:
+    """--eval_every: -1 (auto) is 1 on GPU/TPU and CPU_EVAL_EVERY on CPU."""
+    if eval_every != -1:
+        return eval_every
+    return CPU_EVAL_EVERY if jax.default_backend() == "cpu" else 1
 
 
 def check_options(*, seeds: int, rounds: int | None, target: float | None, eval_every: int,
@@ -152,14 +168,17 @@ def _read_json(path: str) -> dict | None:
         return None
 
 
-def _plan(workdir: str, config: dict) -> tuple[str, dict | None]:
+def _plan(workdir: str, config: dict, *, report_only: bool = False) -> tuple[str, dict | None]:
     """What to do with a run directory: ('reuse', summary), ('resume', None) or ('fresh', None).
 
     reuse: a finished run of the same config; also one that differs only in fields that do not
     change the trajectory (checkpoint.RESUMABLE_FIELDS, e.g. the round cap) if it stopped at
-    the target within the requested cap. resume: same trajectory, unfinished or with a larger
-    cap; runner.run continues from its checkpoint. fresh: anything else (the directory is
-    cleared first: it was written by another config).
+    the stable target (its hold complete) within the requested cap. resume: same trajectory,
+    unfinished or with a larger cap; runner.run continues from its checkpoint. fresh: anything
+    else (the directory is cleared first: it was written by another config), including a run
+    written before rounds_to_stable_target that stopped at its first crossing with
+    stop_at_target (its hold was never checked); `report_only` still reuses such a run (its
+    stable target is then reported as not recorded).
     """
     stored = _read_json(os.path.join(workdir, "config.json"))
     summary = _read_json(os.path.join(workdir, "summary.json"))
@@ -173,11 +192,14 @@ def _plan(workdir: str, config: dict) -> tuple[str, dict | None]:
         return "fresh", None
     if summary is not None:
         status = summary.get("status", "completed")
-        rtt = summary.get("rounds_to_target")
+        stable = summary.get("rounds_to_stable_target")
+        if (not report_only and stored.get("stop_at_target") and "rounds_to_stable_target"
+                not in summary and summary.get("rounds_to_target") is not None):
+            return "fresh", None   # stopped at the first crossing: no hold was checked
         if stored == requested and status in ("completed", "diverged"):
             return "reuse", summary
-        if (status == "completed" and requested.get("stop_at_target") and rtt is not None
-                and rtt <= requested["rounds"]):
+        if (status == "completed" and requested.get("stop_at_target") and stable is not None
+                and summary.get("rounds_run", math.inf) <= requested["rounds"]):
             return "reuse", summary
     if os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)) and (
             summary is None or (summary.get("checkpoint_round") or 0) <= requested["rounds"]):
@@ -190,13 +212,13 @@ def run_or_reuse(c, workdir: str, *, report_only: bool = False, name: str = "") 
 
     Returns a record: 'workdir', 'config', 'status' ('ok', 'missing', 'error: ...'),
     'reused' and the summary fields; a failed one also 'failure' ('config' for a ConfigError,
-    'diverged'), and its reason is written to workdir/error.txt. A run that reached the target
-    has its checkpoints deleted (it can never need more rounds); one that did not keeps them,
-    so a larger round cap continues it.
+    'diverged'), and its reason is written to workdir/error.txt. A run that reached the stable
+    target has its checkpoints deleted (it can never need more rounds); one that did not keeps
+    them, so a larger round cap continues it.
     """
     name = name or workdir
     record = {"workdir": workdir, "config": c.to_dict()}
-    action, summary = _plan(workdir, c.to_dict())
+    action, summary = _plan(workdir, c.to_dict(), report_only=report_only)
     if action == "reuse":
         record.update(summary, reused=True)
         if summary.get("status", "completed") == "completed":
@@ -224,8 +246,9 @@ def run_or_reuse(c, workdir: str, *, report_only: bool = False, name: str = "") 
         write_error(workdir, f"{type(e).__name__}: {e}\n")
         print(f"[run] {name} failed: {e}", flush=True)
     print(f"[run] {name} done in {time.perf_counter() - t0:.0f}s: rounds_to_target="
-          f"{record.get('rounds_to_target')}", flush=True)
-    if record["status"] == "ok" and record.get("rounds_to_target") is not None:
+          f"{record.get('rounds_to_target')} rounds_to_stable_target="
+          f"{record.get('rounds_to_stable_target')}", flush=True)
+    if record["status"] == "ok" and record.get("rounds_to_stable_target") is not None:
         shutil.rmtree(os.path.join(workdir, CHECKPOINT_DIR), ignore_errors=True)
     return record
 
@@ -317,7 +340,8 @@ def run_job(setting: spec.Setting, base, seed: int, root: str, eval_every: int,
 @dataclasses.dataclass
 class Stat:
     """One setting over its seeds. rounds: rounds_to_target per finished seed (None = not
-    reached within the cap)."""
+    reached within the cap); stable: rounds_to_stable_target per finished seed (None = no hold
+    of `hold` rounds completed; MISSING = a run written before it was recorded)."""
 
     name: str
     label: str
@@ -333,7 +357,10 @@ class Stat:
     errors: list
     curves: list        # per finished seed: (rounds array, acc_mean array) from metrics.jsonl
     workdirs: list
-    resolution: int = 1  # rounds-to-target is exact (1) with eval_backfill, else eval_every
+    resolution: int = 1  # of rounds-to-target: eval_every (1 = every round evaluated: exact)
+    stable: list = dataclasses.field(default_factory=list)
+    hold: int = 0        # target_hold_rounds
+    stable_reasons: list = dataclasses.field(default_factory=list)   # why a seed's is None
 
     @property
     def n(self) -> int:
@@ -376,6 +403,21 @@ class Stat:
             text += f" ({self.reached}/{self.n} seeds; the rest not reached in {self.cap})"
         return text
 
+    def stable_text(self) -> str:
+        """Rounds-to-stable-target as mean ± std over the seeds that held the target."""
+        if not self.ran:
+            return "not run"
+        known = [r for r in self.stable if r is not MISSING]
+        if not known:
+            return "not recorded (runs older than rounds_to_stable_target: rerun them)"
+        held = [r for r in known if r is not None]
+        if not held:
+            return f"not held for {self.hold} rounds in {self.cap}"
+        text = f"{np.mean(held):.1f} ± {np.std(held) if len(held) > 1 else 0.0:.1f}"
+        if len(held) < len(self.stable):
+            text += f" ({len(held)}/{len(self.stable)} seeds)"
+        return text
+
     def acc_text(self) -> str:
         if not self.ran:
             return "–"
@@ -390,11 +432,14 @@ def _load_curve(workdir: str):
     return run_.metrics["round"], run_.metrics["acc_mean"]
 
 
+MISSING = "missing"   # Stat.stable of a run written before rounds_to_stable_target existed
+
+
 def make_stat(setting: spec.Setting, records: list[dict]) -> Stat:
     ok = [r for r in records if r["status"] == "ok"]
     cap = records[0]["config"]["rounds"] if records else 0
     ev = records[0]["config"]["eval_every"] if records else 1
-    backfill = records[0]["config"].get("eval_backfill", False) if records else True
+    hold = records[0]["config"].get("target_hold_rounds", 0) if records else 0
     return Stat(
         name=setting.name, label=setting.label,
         algorithm=records[0]["config"]["algorithm"] if records else "",
@@ -408,7 +453,10 @@ def make_stat(setting: spec.Setting, records: list[dict]) -> Stat:
         errors=[f"seed {r['seed']}: {r['status']}" for r in records
                 if r["status"] not in ("ok", "missing")],
         curves=[c for c in (_load_curve(r["workdir"]) for r in ok) if c is not None],
-        workdirs=[r["workdir"] for r in ok], resolution=1 if backfill else ev)
+        workdirs=[r["workdir"] for r in ok], resolution=ev,
+        stable=[r.get("rounds_to_stable_target", MISSING) for r in ok], hold=hold,
+        stable_reasons=[f"seed {r['seed']}: {r['rounds_to_stable_target_reason']}" for r in ok
+                        if r.get("rounds_to_stable_target_reason")])
 
 
 def _mean(values) -> float | None:
@@ -611,7 +659,9 @@ VERDICT_FNS: dict[int, Callable] = {1: verdict_1, 2: verdict_2, 3: verdict_3, 4:
 
 _CSV_FIELDS = ("setting", "seed", "status", "algorithm", "topology", "mixing", "partition",
                "sync", "link_failure_prob", "num_devices", "samples_per_device", "rounds",
-               "eval_every", "target_accuracy", "rounds_to_target", "final_acc_min",
+               "eval_every", "target_accuracy", "rounds_to_target",
+               "rounds_to_target_resolution", "target_hold_rounds", "rounds_to_stable_target",
+               "rounds_to_stable_target_reason", "final_acc_min",
                "final_acc_mean", "final_acc_max", "rounds_run", "diameter", "spectral_gap",
                "slem", "num_edges", "wall_time_s", "compile_time_s", "eval_time_s", "backend",
                "workdir")
@@ -642,9 +692,12 @@ def claim_figures(claim: spec.Claim, stats: dict, figdir: str, target: float) ->
     if entries and claim.number != 8:
         bars = f"claim{claim.number}_rounds.png"
         cap = max(stats[n].cap for n in claim.settings if stats[n].ran)
+        res = "/".join(str(r) for r in sorted({stats[n].resolution for n in claim.settings
+                                                if stats[n].ran}))
         plotting.plot_rounds_to_target(entries, os.path.join(figdir, bars), cap=cap,
                                        target=target,
-                                       title=f"Claim {claim.number}: rounds to target")
+                                       title=f"Claim {claim.number}: rounds to target "
+                                             f"(resolution {res} rounds)")
         names.append(bars)
     return names
 
@@ -670,21 +723,23 @@ def partition_figures(stats: dict, figdir: str) -> list[tuple[int, str, str]]:
 
 
 def _settings_table(claim: spec.Claim, stats: dict) -> list[str]:
-    lines = ["| setting | seeds reached | rounds to target (mean ± std) | final acc min / mean "
-             "| diameter | spectral gap | eval every (resolution) | wall time / run |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| setting | seeds reached | rounds to target (mean ± std) | rounds to stable "
+             "target (mean ± std) | final acc min / mean | diameter | spectral gap | eval every "
+             "(= resolution) | wall time / run |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for n in claim.settings:
         s = stats[n]
         if not s.ran:
-            lines.append(f"| {s.label} | – | not run | – | – | – | – | – |")
+            lines.append(f"| {s.label} | – | not run | not run | – | – | – | – | – |")
             continue
         d, g = _mean(s.diameter), _mean(s.spectral_gap)
         if not algorithms.get(s.algorithm).uses_graph:   # FedAvg, local: no graph
             d = g = None
         lines.append(
-            f"| {s.label} | {s.reached}/{s.n} | {s.rounds_text()} | {s.acc_text()} | "
+            f"| {s.label} | {s.reached}/{s.n} | {s.rounds_text()} | {s.stable_text()} | "
+            f"{s.acc_text()} | "
             f"{'–' if d is None else f'{d:.3g}'} | {'–' if g is None else f'{g:.3g}'} | "
-            f"{s.eval_every} ({s.resolution}) | {np.mean(s.wall):.0f} s |")
+            f"{s.eval_every} | {np.mean(s.wall):.0f} s |")
     return lines
 
 
@@ -693,12 +748,18 @@ def write_report(path: str, claims: Sequence[spec.Claim], stats: dict, verdicts:
     L = ["# Reproducing the P2PL claims", ""]
     L.append(f"Generated by `{header['command']}` on {header['date']}.")
     L.append("")
-    L.append(f"Scale: {header['scale']}. Rounds-to-target = the first round after which "
-             f"**every** device's test accuracy is ≥ {header['target']:.0%} (with eval_backfill "
-             f"the rounds between two evaluations are evaluated once the later one meets the "
-             f"target, so it is exact; without it, resolved to eval_every); mean ± std over the "
-             f"seeds that reached it. Final accuracies are at the last evaluated round (a run "
-             f"stops at the evaluation that meets the target). Machine: {header['machine']}.")
+    L.append(f"Scale: {header['scale']}. Rounds-to-target = the first evaluated round at "
+             f"which **every** device's test accuracy is ≥ {header['target']:.0%}; its "
+             f"resolution is eval_every (exact where every round is evaluated; elsewhere a "
+             f"crossing that dips back below before the next evaluation is not seen, and with "
+             f"eval_backfill the rounds of the window closed by the first evaluation at the "
+             f"target are evaluated to find the first of them at it). Rounds-to-stable-target = "
+             f"the first round from which every device stays ≥ the target for "
+             f"{header['hold']} rounds, every one of them evaluated (exact where every round is "
+             f"evaluated, or with eval_backfill when the hold is at least eval_every rounds). "
+             f"Both are mean ± std over the seeds that reached them; the verdicts use "
+             f"rounds-to-target. Final accuracies are at the last evaluated round (a run stops "
+             f"when the hold is complete). Machine: {header['machine']}.")
     L.append("")
     if header.get("quick"):
         L += ["> **--quick**: a tiny pipeline check (8 devices, 3 rounds, lowered target). "
@@ -808,14 +869,15 @@ def reproduce(workdir: str, **options: Any) -> dict:
 
 def run_reproduction(workdir: str, *, seeds: int = 3, quick: bool = False,
                      rounds: int | None = None, target: float | None = None,
-                     eval_every: int = 2, skew_sigma: float = 1.0,
+                     eval_every: int = -1, skew_sigma: float = 1.0,
                      claim_numbers: Sequence[int] | None = None, report_only: bool = False,
                      command: str = "python -m experiments.reproduce") -> Outcome:
     """Runs what the chosen claims need and writes results.csv, report.md and figures.
 
     The options, the workdir and every run's config are checked before anything runs
     (ConfigError naming the flag). A run that fails is recorded (see `run_job`) and the rest go
-    on; `Outcome.failed` lists them."""
+    on; `Outcome.failed` lists them. eval_every -1: see `resolve_eval_every`."""
+    eval_every = resolve_eval_every(eval_every)
     check_options(seeds=seeds, rounds=rounds, target=target, eval_every=eval_every,
                   skew_sigma=skew_sigma, claim_numbers=claim_numbers)
     check_workdir(workdir)
@@ -855,12 +917,14 @@ def run_reproduction(workdir: str, *, seeds: int = 3, quick: bool = False,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "quick": quick,
         "target": tgt,
+        "hold": base.target_hold_rounds,
         "scale": (f"{base.num_devices} devices × {base.samples_per_device} samples, MLP "
                   f"784-{'-'.join(map(str, base.hidden_sizes))}-10, batch {base.batch_size}, "
                   f"lr {base.learning_rate}, momentum {base.momentum}, {base.local_epochs} local "
                   f"epoch(s) per round, round cap {base.rounds}, seeds 0..{seeds - 1}, "
-                  f"sparse settings evaluated every {eval_every} rounds (rounds-to-target "
-                  f"exact: eval_backfill); "
+                  f"sparse settings evaluated every {eval_every} rounds (the resolution of "
+                  f"their rounds-to-target), every round during a hold of "
+                  f"{base.target_hold_rounds} rounds; "
                   f"{len(finished)} runs, {hours:.2f} h of run time in total"),
         "machine": (f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs), "
                     f"JAX {jax.__version__} on {jax.default_backend()}"),

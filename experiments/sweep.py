@@ -72,7 +72,9 @@ def main(argv):
         cli.interrupted(e)
     interrupts.finished()   # everything is written: the sweep ends with status 0
     for s in summaries:
-        print(f"rounds_to_target={s['rounds_to_target']} final_acc_mean={s['final_acc_mean']}")
+        print(f"rounds_to_target={s['rounds_to_target']} (resolution "
+              f"{s['rounds_to_target_resolution']} rounds) rounds_to_stable_target="
+              f"{s['rounds_to_stable_target']} final_acc_mean={s['final_acc_mean']}")
 
 
 if __name__ == "__main__":

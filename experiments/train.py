@@ -54,7 +54,9 @@ def main(argv):
     logging.info("done: %d rounds, rounds_to_target=%s, final acc min %.4f mean %.4f, %.1fs",
                  summary["rounds_run"], rtt, summary["final_acc_min"] or 0.0,
                  summary["final_acc_mean"] or 0.0, summary["wall_time_s"])
-    print(f"rounds_to_target={rtt} final_acc_min={summary['final_acc_min']} "
+    print(f"rounds_to_target={rtt} (resolution {summary['rounds_to_target_resolution']} "
+          f"rounds) rounds_to_stable_target={summary['rounds_to_stable_target']} "
+          f"final_acc_min={summary['final_acc_min']} "
           f"final_acc_mean={summary['final_acc_mean']} wall_time_s={summary['wall_time_s']:.1f} "
           f"outputs in {_WORKDIR.value}")
 

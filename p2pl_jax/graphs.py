@@ -18,7 +18,9 @@ import os
 
 import networkx as nx
 import numpy as np
+import scipy.sparse as sp
 from absl import logging
+from scipy.sparse import csgraph
 
 from p2pl_jax.errors import ConfigError, check_choice, check_range
 
@@ -27,6 +29,15 @@ TOPOLOGIES = (
     "watts_strogatz", "barabasi_albert", "random_regular", "edgelist", "exponential",
 )
 DIRECTED = ("exponential",)   # always directed; edgelist is directed with directed=True
+# Topologies drawn from `seed` (the others ignore it); graph_resample applies to these only.
+RANDOM_TOPOLOGIES = ("random_geometric", "erdos_renyi", "watts_strogatz", "barabasi_albert",
+                     "random_regular")
+RESAMPLE_STRIDE = 1000   # graph seed = seed + RESAMPLE_STRIDE * k, k = 0, 1, ...
+MAX_RESAMPLES = 100
+# The parameter that makes a disconnected graph of each topology denser.
+DENSER = {"random_geometric": "a larger graph_radius", "erdos_renyi": "a larger graph_p",
+          "watts_strogatz": "a larger graph_k", "random_regular": "a larger graph_degree",
+          "edgelist": "an edge list that links every device"}
 
 # Smallest num_devices each topology accepts.
 _MIN_DEVICES = {"exponential": 2, "cycle": 3, "star": 2, "watts_strogatz": 2, "barabasi_albert": 2,
@@ -194,15 +205,35 @@ def make_graph(topology: str, num_devices: int, *, seed: int = 0, radius: float 
     comps = (nx.number_strongly_connected_components(g) if g.is_directed()
              else nx.number_connected_components(g))
     if comps > 1 and not allow_disconnected:
-        hint = {"random_geometric": "a larger graph_radius", "erdos_renyi": "a larger graph_p",
-                "watts_strogatz": "a larger graph_k", "random_regular": "a larger graph_degree",
-                "edgelist": "an edge list that links every device"}
-        hint = hint.get(topology, "a denser topology")
+        hint = DENSER.get(topology, "a denser topology")
         raise ConfigError(f"topology={topology!r} with num_devices={n} gave a disconnected graph "
                           f"({comps} {'strongly connected ' if g.is_directed() else ''}"
                           f"components); consensus cannot reach every device. Try {hint}, "
                           f"another seed, or allow_disconnected=True")
     return g
+
+
+def resampled_graph(topology: str, num_devices: int, *, seed: int = 0,
+                    tries: int = MAX_RESAMPLES, **kwargs) -> tuple[nx.Graph, int]:
+    """(graph, graph_seed): the first connected `make_graph(topology, num_devices,
+    seed=seed + RESAMPLE_STRIDE * k, **kwargs)` for k = 0, 1, ..., tries - 1 (the config's
+    graph_resample=True). A deterministic rule, so no seed is skipped or picked by hand: the
+    graph seed is recorded in summary.json. Only for RANDOM_TOPOLOGIES (ConfigError otherwise);
+    ConfigError naming the topology's density parameter and num_devices when all `tries`
+    graphs are disconnected.
+    """
+    check_choice("topology (with graph_resample=True)", topology, RANDOM_TOPOLOGIES)
+    kwargs = {**kwargs, "allow_disconnected": True}
+    for k in range(tries):
+        graph_seed = seed + RESAMPLE_STRIDE * k
+        g = make_graph(topology, num_devices, seed=graph_seed, **kwargs)
+        if nx.is_connected(g):
+            return g, graph_seed
+    raise ConfigError(
+        f"graph_resample=True: topology={topology!r} with num_devices={num_devices} gave a "
+        f"disconnected graph for all {tries} graph seeds seed + {RESAMPLE_STRIDE} k (seed="
+        f"{seed}, k = 0..{tries - 1}); the graph is rarely connected with these parameters. "
+        f"Try {DENSER.get(topology, 'a denser topology')} or more devices")
 
 
 def adjacency(graph: nx.Graph) -> np.ndarray:
@@ -215,15 +246,121 @@ def adjacency(graph: nx.Graph) -> np.ndarray:
     return adj
 
 
-def diameter(graph: nx.Graph) -> int:
-    """Longest shortest path; the max over connected components (0 for a single node)."""
-    return max((nx.diameter(graph.subgraph(c)) for c in nx.connected_components(graph)), default=0)
+def sparse_adjacency(graph: nx.Graph) -> sp.csr_array:
+    """The matrix of `adjacency` as a bool CSR array (sorted indices, no diagonal), built from
+    the edge list: O(N + E) memory, never N x N."""
+    n = graph.number_of_nodes()
+    pairs = np.fromiter((v for e in graph.edges() for v in e), np.int64,
+                        2 * graph.number_of_edges()).reshape(-1, 2)
+    recv, send = pairs[:, 1], pairs[:, 0]   # directed u -> v: adj[v, u]
+    if not graph.is_directed():
+        recv, send = np.concatenate([recv, send]), np.concatenate([send, recv])
+    return as_sparse(sp.coo_array((np.ones(len(recv), bool), (recv, send)), shape=(n, n)))
 
 
-def edges(adj: np.ndarray) -> np.ndarray:
-    """int32 [E, 2] undirected edges (i, j), i < j, sorted; of adj | adj.T if adj is directed."""
-    adj = np.asarray(adj, dtype=bool)
-    return np.argwhere(np.triu(adj | adj.T, k=1)).astype(np.int32)
+def as_sparse(adj: np.ndarray | sp.sparray | sp.spmatrix) -> sp.csr_array:
+    """bool CSR [N, N] of a dense or sparse adjacency: canonical (sorted, no duplicates), no
+    stored False, zero diagonal."""
+    a = sp.csr_array(adj, dtype=bool, copy=True)
+    a.setdiag(False)
+    a.eliminate_zeros()
+    a.sum_duplicates()
+    a.sort_indices()
+    return a
+
+
+def is_symmetric(adj: np.ndarray | sp.sparray) -> bool:
+    """Whether a (dense or sparse) adjacency is symmetric (an undirected graph)."""
+    if not sp.issparse(adj):
+        adj = np.asarray(adj, bool)
+        return bool(np.array_equal(adj, adj.T))
+    a = as_sparse(adj)
+    return (a != a.T).nnz == 0
+
+
+def num_edges(adj: np.ndarray | sp.sparray) -> int:
+    """Undirected pairs {n, m}, n != m, joined in either direction."""
+    a = as_sparse(adj)
+    return int((a + a.T).nnz // 2)
+
+
+# Work budget of the diameter, in edge visits (N + nnz per BFS): ~5 s of csgraph BFS on 2 cores.
+DIAMETER_MAX_WORK = 2 * 10**8
+DIAMETER_EXACT_N = 2000   # up to here the diameter is always computed, whatever it costs
+
+
+def _bfs_distances(a: sp.csr_array, sources: np.ndarray) -> np.ndarray:
+    """float64 [S, N] hop distances (inf: unreachable) from `sources` along a[s, t] (s -> t)."""
+    return csgraph.shortest_path(a, directed=True, unweighted=True, indices=sources)
+
+
+def diameter(graph: nx.Graph | np.ndarray | sp.sparray,
+             max_work: float = math.inf) -> int | None:
+    """Longest shortest path; the max over connected components (0 for a single node).
+
+    graph: an undirected nx.Graph, or a symmetric dense or sparse adjacency. Exact, by the
+    bounding-diameters algorithm (Takes & Kosters 2011) on scipy's csgraph BFS: the
+    eccentricity e(v) of a BFS source bounds every w in its component, max(d(v, w),
+    e(v) - d(v, w)) <= e(w) <= e(v) + d(v, w); a node whose upper bound is at most the largest
+    eccentricity found cannot raise it. Most sparse random graphs need tens of BFS (a random
+    geometric graph of 10^5 nodes: 13); vertex-transitive ones (cycle, torus) need N. Memory
+    O(N + E). Returns None when the BFS would visit more than `max_work` edges.
+    """
+    a = sparse_adjacency(graph) if isinstance(graph, nx.Graph) else as_sparse(graph)
+    n = a.shape[0]
+    if n <= 1 or a.nnz == 0:
+        return 0
+    if a.nnz == n * (n - 1):
+        return 1   # complete
+    a = sp.csr_array(a, dtype=np.float64)
+    lower, upper = np.zeros(n), np.full(n, np.inf)
+    candidates = np.ones(n, bool)
+    best, work, pick_upper = 0.0, 0, True
+    while candidates.any():
+        if work + n + a.nnz > max_work:
+            return None
+        work += n + a.nnz
+        c = np.flatnonzero(candidates)
+        v = c[np.argmax(upper[c])] if pick_upper else c[np.argmin(lower[c])]
+        pick_upper = not pick_upper   # alternate periphery and centre, as Takes & Kosters
+        d = _bfs_distances(a, np.array([v]))[0]
+        seen = np.isfinite(d)
+        ecc = d[seen].max()
+        best = max(best, ecc)
+        lower[seen] = np.maximum(lower[seen], np.maximum(d[seen], ecc - d[seen]))
+        upper[seen] = np.minimum(upper[seen], ecc + d[seen])
+        candidates &= upper > best
+        candidates[v] = False
+    return int(best)
+
+
+def directed_diameter(adj: np.ndarray | sp.sparray, max_work: float = math.inf) -> int | None:
+    """The longest shortest path along the edges of a directed graph (adj[n, m]: m -> n; the
+    maximum over ordered pairs is the same for either orientation), or None when it is not
+    strongly connected or all-pairs BFS (chunked over sources, O(2^22) distances at a time)
+    would visit more than `max_work` edges."""
+    a = as_sparse(adj)
+    n = a.shape[0]
+    if n <= 1:
+        return 0
+    if csgraph.connected_components(a, directed=True, connection="strong")[0] > 1:
+        return None
+    if n * (n + a.nnz) > max_work:
+        return None
+    a = sp.csr_array(a, dtype=np.float64)
+    chunk = max(1, (1 << 22) // n)
+    return int(max(_bfs_distances(a, np.arange(s, min(n, s + chunk))).max()
+                   for s in range(0, n, chunk)))
+
+
+def edges(adj: np.ndarray | sp.sparray) -> np.ndarray:
+    """int32 [E, 2] undirected edges (i, j), i < j, sorted; of adj | adj.T if adj is directed.
+    adj: dense bool [N, N] or sparse."""
+    a = as_sparse(adj)
+    upper = sp.triu(a + a.T, k=1, format="csr")
+    upper.sort_indices()
+    rows = np.repeat(np.arange(a.shape[0]), np.diff(upper.indptr))
+    return np.stack([rows, upper.indices], axis=1).astype(np.int32).reshape(-1, 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,21 +379,22 @@ class NeighbourLists:
     edge_id: np.ndarray
 
 
-def neighbour_lists(adj: np.ndarray) -> NeighbourLists:
-    """Padded neighbour lists of a bool [N, N] adjacency (row n lists the m with adj[n, m])."""
-    adj = np.asarray(adj, dtype=bool).copy()
-    np.fill_diagonal(adj, False)
-    n = adj.shape[0]
-    k_max = int(adj.sum(axis=1).max(initial=0))
-    order = np.argsort(~adj, axis=1, kind="stable")[:, :k_max]  # neighbours first, ascending
-    nb_valid = np.take_along_axis(adj, order, axis=1)
-    self_col = np.arange(n)[:, None]
-    idx = np.concatenate([self_col, np.where(nb_valid, order, self_col)], axis=1).astype(np.int32)
-    valid = np.concatenate([np.ones((n, 1), bool), nb_valid], axis=1)
-    e = edges(adj)
-    eid = np.full((n, n), -1, np.int32)
-    eid[e[:, 0], e[:, 1]] = np.arange(len(e), dtype=np.int32)
-    eid[e[:, 1], e[:, 0]] = np.arange(len(e), dtype=np.int32)
-    edge_id = np.where(valid, eid[self_col, idx], -1).astype(np.int32)
-    edge_id[:, 0] = -1
+def neighbour_lists(adj: np.ndarray | sp.sparray) -> NeighbourLists:
+    """Padded neighbour lists of a dense bool [N, N] or sparse adjacency (row n lists the m
+    with adj[n, m]); O(N K + E) memory."""
+    a = as_sparse(adj)
+    n = a.shape[0]
+    deg = np.diff(a.indptr)
+    k_max = int(deg.max(initial=0))
+    rows = np.repeat(np.arange(n), deg)
+    cols = np.arange(a.nnz) - a.indptr[rows] + 1   # column in the list (0 is self)
+    idx = np.repeat(np.arange(n, dtype=np.int32)[:, None], k_max + 1, axis=1)
+    idx[rows, cols] = a.indices
+    valid = np.zeros(idx.shape, bool)
+    valid[:, 0] = True
+    valid[rows, cols] = True
+    e = edges(a).astype(np.int64)
+    lo, hi = np.minimum(rows, a.indices), np.maximum(rows, a.indices)
+    edge_id = np.full(idx.shape, -1, np.int32)
+    edge_id[rows, cols] = np.searchsorted(e[:, 0] * n + e[:, 1], lo.astype(np.int64) * n + hi)
     return NeighbourLists(idx=idx, valid=valid, edge_id=edge_id)

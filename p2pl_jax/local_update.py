@@ -5,9 +5,10 @@ Written for a single device (unbatched); `simulation.py` vmaps it over the devic
 Data layout: all devices' samples are concatenated in one array x [T, ...] (shared, not
 vmapped); device n owns rows offset_n .. offset_n + size_n - 1. This costs no padding however
 skewed the sizes are. One epoch is one pass over the device's own shuffled data, ceil(size_n / B)
-steps; the scan runs ceil(max_n / B) steps for everybody and a device whose data is exhausted
-sits idle (masked: parameters and momentum unchanged). The last, partial batch averages the loss
-over its real samples only.
+steps; the scan runs ceil(max / B) steps for every device vmapped together (max: the largest
+of them; `buckets.py` groups devices of similar sizes so this is close to each one's own) and a
+device whose data is exhausted sits idle (masked: parameters and momentum unchanged). The
+last, partial batch averages the loss over its real samples only.
 
 SGD with momentum is optax.sgd(lr, momentum) (PyTorch convention): m <- g + beta m,
 theta <- theta - lr m.
@@ -18,6 +19,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import optax
+
+from p2pl_jax import rng  # noqa: F401 - pins the PRNG the batch orders depend on
 
 
 def make_optimizer(learning_rate, momentum) -> optax.GradientTransformation:
@@ -35,7 +38,9 @@ def batch_order(key: jax.Array, size: jax.Array, max_size: int,
     """A random order of the `size` real samples, cut into batches.
 
     Returns idx int32 [steps, B] (indices into the padded arrays) and valid bool [steps, B]
-    (False for padding). Real samples come first, in a uniformly random order.
+    (False for padding). Real samples come first, in a uniformly random order, which does
+    not depend on max_size (the draws are prefix-consistent, see rng.py): a device gets the
+    same batches in a bucket of any length.
     """
     steps = num_steps(max_size, batch_size)
     pos = jnp.arange(max_size)
@@ -65,6 +70,9 @@ def make_local_update(apply_fn: Callable, *, max_size: int, batch_size: int,
       x [T, ...], y [T] int: every device's data, concatenated (shared across devices).
       corr (with_correction): a pytree like params added to every step's gradient before the
         optimizer (gradient tracking's correction, tracker minus own gradient).
+      max_size, min_size (static keywords): the largest and smallest size among the devices
+        this call is vmapped with (default: of all devices); a bucket of the work-proportional
+        local phase (buckets.py) passes its own. The batches do not depend on them.
     Returns (params, opt_state, mean training loss over the steps taken, mean raw gradient over
     the steps taken or None unless return_mean_grad).
 
@@ -84,7 +92,10 @@ def make_local_update(apply_fn: Callable, *, max_size: int, batch_size: int,
 
     grad_fn = jax.value_and_grad(loss_fn)
 
-    def local_update(params, opt_state, offset, size, key, lr, momentum, x, y, corr=None):
+    default_max, default_min = max_size, min_size
+
+    def local_update(params, opt_state, offset, size, key, lr, momentum, x, y, corr=None, *,
+                     max_size=default_max, min_size=default_min):
         tx = make_optimizer(lr, momentum)
         zero = lambda: jax.tree.map(jnp.zeros_like, params)
 

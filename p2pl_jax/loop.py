@@ -7,9 +7,10 @@ workdir; the loop owns the round counter, the checkpoint of the whole state and 
 
 After every round r the hooks run in this order (each member that is still live):
 
-  evaluate    r % eval_every == 0 or r == rounds: Recorder.record of `sim.eval_params`
-              (a member reaching the target with stop_at_target stops); other rounds:
-              Recorder.keep (eval_backfill)
+  evaluate    members whose Recorder.is_eval(r) (r % eval_every == 0, r == rounds, or a hold in
+              progress): Recorder.record of `sim.eval_params` (a member whose hold completes,
+              rounds_to_stable_target, with stop_at_target stops); the others: Recorder.keep
+              (eval_backfill)
   finite      checkpoint rounds that were not evaluated: the round's losses and params_finite
   progress    one progress.Progress report (worst / mean accuracy over the members' records)
   stop        a stop request (SIGINT/SIGTERM, `StopRequest`) checks the parameters not yet
@@ -47,6 +48,7 @@ from p2pl_jax.errors import ConfigError
 from p2pl_jax.recorder import DivergenceError, Recorder, check_finite
 
 RUNNING, TARGET, DIVERGED = "", "target", "diverged"   # Member.stopped
+HOLD_KEYS = ("rounds_to_stable_target", "target_hold_start")   # checkpoint meta (None if absent)
 
 
 class Program(Protocol):
@@ -179,9 +181,10 @@ class Round:
     state: Any
     metrics: Any
     local: Any
-    evaluated: bool
+    evaluated: bool             # some member evaluates this round
     checkpoint: bool
     members: list               # (i, member) live at the start of the round
+    evaluating: frozenset = frozenset()   # the indices of the members that evaluate it
     records: list = dataclasses.field(default_factory=list)
     stop: str = ""               # "done" (no member live) or the stop request's signal
 
@@ -231,7 +234,7 @@ class Loop:
         params = self.program.eval_params(rnd.state, i)
         round_metrics = self.program.take(metrics, i)
         comm = self.program.take(rnd.state.comm, i)   # cumulative message counters
-        if rnd.evaluated:
+        if i in rnd.evaluating:
             return m.recorder.record(rnd.index, params, round_metrics, local_params=local,
                                      last_good=m.checked, comm=comm)
         m.recorder.keep(rnd.index, params, round_metrics, comm=comm)
@@ -242,6 +245,8 @@ class Loop:
     def _meta(self, wall_s: float) -> dict:
         per = [{"records": m.recorder.records,
                 "rounds_to_target": m.recorder.rounds_to_target,
+                "rounds_to_stable_target": m.recorder.rounds_to_stable_target,
+                "target_hold_start": m.recorder.target.hold_start,
                 "backfill_pending": (m.recorder.pending_records if m.stopped == RUNNING
                                      else []),
                 "status": m.stopped, "last_round": m.done,
@@ -250,7 +255,9 @@ class Loop:
             (one,) = per
             return {"fingerprint": self.fingerprint, "records": one["records"],
                     "rounds_to_target": one["rounds_to_target"],
-                    "backfill_pending": one["backfill_pending"], "wall_s": wall_s}
+                    "backfill_pending": one["backfill_pending"],
+                    "rounds_to_stable_target": one["rounds_to_stable_target"],
+                    "target_hold_start": one["target_hold_start"], "wall_s": wall_s}
         return {"fingerprint": self.fingerprint, "replicas": [m.name for m in self.members],
                 **{k: [p[k] for p in per] for k in per[0]}, "wall_s": wall_s}
 
@@ -259,7 +266,8 @@ class Loop:
         n = len(self.members)
         if not self.stacked:
             per = [{"records": meta["records"], "rounds_to_target": meta["rounds_to_target"],
-                    "backfill_pending": meta.get("backfill_pending", [])}]
+                    "backfill_pending": meta.get("backfill_pending", []),
+                    **{k: meta.get(k) for k in HOLD_KEYS}}]
         else:
             names = [m.name for m in self.members]
             if meta.get("replicas") != names:
@@ -267,8 +275,9 @@ class Loop:
                     f"the checkpoint in {self.ckpt.directory} holds the replicas "
                     f"{meta.get('replicas')}, this sweep group is {names}; use a new --workdir "
                     f"or delete {self.ckpt.directory} to start over")
-            per = [{k: meta[k][i] for k in ("records", "rounds_to_target", "backfill_pending",
-                                            "status", "last_round", "diverged_round")}
+            per = [{**{k: meta[k][i] for k in ("records", "rounds_to_target", "backfill_pending",
+                                               "status", "last_round", "diverged_round")},
+                    **{k: meta[k][i] if k in meta else None for k in HOLD_KEYS}}
                    for i in range(n)]
         args = []
         for m, p in zip(self.members, per):
@@ -277,7 +286,9 @@ class Loop:
             if m.stopped != DIVERGED:   # a member behind the state cannot advance again
                 m.stopped = TARGET if m.done < round_index else RUNNING
             args.append({"records": p["records"], "rounds_to_target": p["rounds_to_target"],
-                         "pending": p["backfill_pending"]})
+                         "pending": p["backfill_pending"],
+                         "rounds_to_stable_target": p["rounds_to_stable_target"],
+                         "hold_start": p["target_hold_start"]})
         return args
 
     # --- the loop -------------------------------------------------------------------------
@@ -298,7 +309,7 @@ class Loop:
                          self.ckpt.directory)
         for m, a in zip(self.members, args):
             if (m.stopped == RUNNING and self.stop_at_target
-                    and a.get("rounds_to_target") is not None):
+                    and a.get("rounds_to_stable_target") is not None):
                 m.stopped = TARGET
         if self._live() and self.start_round < self.rounds:
             compile_time += self.program.prepare(state)
@@ -364,13 +375,15 @@ class Loop:
             live = self._live()
             if not live:
                 break
-            is_eval = any(m.recorder.is_eval(r) for _, m in live)
+            evaluating = frozenset(i for i, m in live if m.recorder.is_eval(r))
+            is_eval = bool(evaluating)
             want_local = is_eval and self.eval_after_local
             interrupts.set_round(r)
             self.state, metrics, local = self.program.step(self.state, return_local=want_local)
             stages.reached("round")
             rnd = Round(r, self.state, metrics, local, is_eval,
-                        self.checkpoint_every > 0 and r % self.checkpoint_every == 0, live)
+                        self.checkpoint_every > 0 and r % self.checkpoint_every == 0, live,
+                        evaluating)
             for hook in self.hooks:
                 hook(rnd)
             if rnd.stop == "done":
@@ -385,15 +398,18 @@ class Loop:
     # --- hooks, in order ------------------------------------------------------------------
 
     def _evaluate(self, rnd: Round) -> None:
-        """Evaluated rounds: each live member's record; other rounds: kept for eval_backfill."""
-        if not rnd.evaluated:
-            for i, m in rnd.members:
-                if m.recorder.keeps_rounds:
-                    self._observe(i, m, rnd, rnd.metrics)
+        """The record of each live member that evaluates the round; the others keep it for
+        eval_backfill (a member in a hold evaluates rounds the others do not)."""
+        for i, m in rnd.members:
+            if i not in rnd.evaluating and m.recorder.keeps_rounds:
+                self._observe(i, m, rnd, rnd.metrics)
+        if not rnd.evaluating:
             return
         jax.block_until_ready(rnd.state)
         metrics = jax.device_get(rnd.metrics)   # one transfer for every member
         for i, m in rnd.members:
+            if i not in rnd.evaluating:
+                continue
             local = (self.program.take(rnd.local, i) if rnd.local is not None
                      and m.config.eval_after_local else None)
             try:
@@ -401,15 +417,17 @@ class Loop:
             except DivergenceError as e:
                 self._diverge(m, e, rnd.index)
                 continue
-            if self.stop_at_target and m.recorder.rounds_to_target is not None:
-                m.stopped = TARGET
+            if self.stop_at_target and m.recorder.rounds_to_stable_target is not None:
+                m.stopped = TARGET   # the hold is complete
 
     def _check_finite(self, rnd: Round) -> None:
-        """Checkpoint rounds that were not evaluated: the round's losses and params_finite (so
-        nothing non-finite is saved). Marks the round processed for the members that passed."""
-        if rnd.checkpoint and not rnd.evaluated:
+        """Checkpoint rounds, for the members that did not evaluate them: the round's losses and
+        params_finite (so nothing non-finite is saved). Marks the round processed for the members
+        that passed."""
+        unchecked = [(i, m) for i, m in rnd.members if i not in rnd.evaluating]
+        if rnd.checkpoint and unchecked:
             metrics = jax.device_get(rnd.metrics)
-            for i, m in rnd.members:
+            for i, m in unchecked:
                 try:
                     check_finite(_floats(self.program.take(metrics, i)), rnd.index,
                                  m.config.learning_rate, m.checked, m.loss_limit)
@@ -417,10 +435,10 @@ class Loop:
                     self._diverge(m, e, rnd.index)
         elif not rnd.evaluated and self.progress.due():
             jax.block_until_ready(rnd.metrics)   # report the real rate
-        for _, m in rnd.members:
+        for i, m in rnd.members:
             if m.stopped != DIVERGED:
                 m.done = rnd.index
-                if rnd.evaluated or rnd.checkpoint:
+                if i in rnd.evaluating or rnd.checkpoint:
                     m.checked = rnd.index
         self.round = rnd.index
 

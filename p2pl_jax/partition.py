@@ -5,7 +5,8 @@ Schemes (all seeded by an explicit np.random.Generator):
   shards     sort by label, cut into num_devices * shards_per_device equal shards, deal each
              device shards_per_device random shards (McMahan et al.'s pathological non-IID);
   dirichlet  label skew: class c is split across devices by p_c ~ Dir(alpha * 1_N);
-  skew       quantity skew with IID labels: sizes from given fractions or log-normal weights.
+  skew       quantity skew with IID labels: sizes from given per-device or per-group fractions
+             (equal shares within a group), or log-normal weights.
 Every device gets at least `min_size` samples; for dirichlet and skew this is enforced afterwards,
 deterministically, by moving samples from the largest devices.
 """
@@ -47,6 +48,51 @@ def one_device_fraction(num_devices: int, fraction: float) -> list[float]:
         return [1.0]
     rest = (1.0 - fraction) / (num_devices - 1)
     return [float(fraction)] + [rest] * (num_devices - 1)
+
+
+GROUP_FRACTIONS_FORM = ("a tuple of G positive numbers summing to 1 within 1e-6, with "
+                        "1 <= G <= num_devices, e.g. (0.01, 0.99)")
+
+
+def check_group_fractions(fractions, num_devices: int,
+                          field: str = "skew_fractions") -> tuple[float, ...]:
+    """The group shares as floats; ConfigError naming `field` unless they are 1..num_devices
+    positive finite numbers (not booleans) summing to 1 within 1e-6."""
+    shown = tuple(fractions) if isinstance(fractions, (list, tuple)) else fractions
+    if not isinstance(fractions, (list, tuple)) or not fractions or not all(
+            isinstance(f, (int, float)) and not isinstance(f, bool) for f in fractions):
+        raise ConfigError(f"{field}={shown!r} must be {GROUP_FRACTIONS_FORM}")
+    f = np.asarray(fractions, dtype=np.float64)
+    if not np.all(np.isfinite(f)) or np.any(f <= 0) or abs(f.sum() - 1.0) > 1e-6:
+        raise ConfigError(f"{field}={shown!r} (sum {f.sum():.9g}) must be "
+                          f"{GROUP_FRACTIONS_FORM}")
+    if len(f) > num_devices:
+        raise ConfigError(f"{field}={shown!r} has {len(f)} groups but num_devices="
+                          f"{num_devices}; allowed: at most num_devices groups "
+                          f"({GROUP_FRACTIONS_FORM})")
+    return tuple(float(x) for x in f)
+
+
+def group_members(num_devices: int, num_groups: int) -> np.ndarray:
+    """int64 [N]: the group of each device. Groups are contiguous and as equal as possible:
+    every group has floor(N / G) devices and the first N mod G groups one more (device 0 is in
+    group 0)."""
+    counts = np.full(num_groups, num_devices // num_groups)
+    counts[: num_devices % num_groups] += 1
+    return np.repeat(np.arange(num_groups), counts)
+
+
+def group_sizes(total: int, num_devices: int, fractions: Sequence[float]) -> np.ndarray:
+    """int64 [N] sizes for `skew_fractions`: group g (see group_members) gets a share
+    fractions[g] of `total`, apportioned to integers by largest remainder (the groups' counts
+    sum exactly to total), and splits it equally over its devices (the first count mod n_g
+    devices of the group get one more sample)."""
+    f = np.asarray(check_group_fractions(fractions, num_devices), dtype=np.float64)
+    per_group = _apportion(f / f.sum(), int(total))
+    members = group_members(num_devices, len(f))
+    n_g = np.bincount(members, minlength=len(f))
+    rank = np.arange(num_devices) - np.searchsorted(members, members)   # position in group
+    return per_group[members] // n_g[members] + (rank < per_group[members] % n_g[members])
 
 
 def _apportion(fractions: np.ndarray, total: np.ndarray | int) -> np.ndarray:
@@ -167,6 +213,7 @@ def partition(labels: np.ndarray, num_devices: int, scheme: str, rng: np.random.
               samples_per_device: int | None = None, shards_per_device: int = 2,
               dirichlet_alpha: float = 0.5, skew_sigma: float = 1.0,
               skew_fractions: Sequence[float] | None = None,
+              skew_groups: Sequence[float] | None = None,
               min_size: int = 1) -> list[np.ndarray]:
     """Splits sample indices [n] of `labels` across devices.
 
@@ -174,6 +221,9 @@ def partition(labels: np.ndarray, num_devices: int, scheme: str, rng: np.random.
     With samples_per_device, num_devices * samples_per_device samples are used in total (a random
     subset); otherwise all n (iid: floor(n / num_devices) per device; shards: a multiple of the
     shard count).
+    skew: sizes from skew_fractions (one share per device), else from skew_groups (one share
+    per group of devices, see group_sizes), else log-normal weights exp(skew_sigma z); then
+    min_size is enforced (samples move from the largest devices, _enforce_min_sizes).
     """
     labels = np.asarray(labels)
     n = len(labels)
@@ -205,6 +255,12 @@ def partition(labels: np.ndarray, num_devices: int, scheme: str, rng: np.random.
         check_range("dirichlet_alpha", dirichlet_alpha, 0.0, lo_open=True)
         parts = _dirichlet(labels, num_devices, total, float(dirichlet_alpha), rng)
         return _rebalance(parts, min_size)
+    if skew_groups is not None:
+        if skew_fractions is not None:
+            raise ConfigError("skew_fractions (one share per device) and skew_groups (one share "
+                              "per group) are two ways to give the sizes; allowed: one of them")
+        sizes = _enforce_min_sizes(group_sizes(total, num_devices, skew_groups), min_size)
+        return _split(rng.permutation(n)[:total], sizes)
     fractions = _skew_fractions(num_devices, skew_sigma, skew_fractions, rng)
     sizes = _enforce_min_sizes(_apportion(fractions, total), min_size)
     return _split(rng.permutation(n)[:total], sizes)

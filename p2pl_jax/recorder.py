@@ -2,12 +2,33 @@
 
 A `Recorder` turns a round's parameters and round metrics into a metrics record (test accuracy of
 every device summarised, optionally also before consensus), checks it for divergence, finds
-rounds_to_target (exactly, with `eval_backfill`, when only every `eval_every`-th round is
-evaluated), writes it (metrics.jsonl, metrics.csv, TensorBoard) and assembles summary.json's
-common fields. A run and every replica of a sweep each own one, so both write the same files with
-the same fields.
+rounds_to_target and rounds_to_stable_target (`TargetState`), writes it (metrics.jsonl,
+metrics.csv, TensorBoard) and assembles summary.json's common fields. A run and every replica of
+a sweep each own one, so both write the same files with the same fields.
+
+Which rounds are evaluated (`Recorder.is_eval`): every `eval_every`-th round and the last; every
+round of a hold (from an evaluated round at the target until the hold is complete or broken); and,
+with `eval_backfill` (eval_every > 1), the rounds of a window (previous evaluation, r] once the
+evaluation of round r meets the target, in order, while the stable target is not yet found.
+
+  rounds_to_target         the first evaluated round at which every device is at or above
+                           target_accuracy. Resolution eval_every: exact (the first such round
+                           of the run) when every round is evaluated; with eval_every > 1 a
+                           crossing that dips back below before its window's evaluation is not
+                           seen (eval_backfill finds the first round of the window at the target,
+                           given the window's last round meets it too).
+  rounds_to_stable_target  the first round s from which every device stays at or above the target
+                           for target_hold_rounds = H rounds, s .. s + H - 1, every one of them
+                           evaluated (a hold). Exact when eval_every = 1, or with eval_backfill
+                           when H >= eval_every (a run of H rounds at the target then always
+                           reaches its window's evaluation). Without eval_backfill s is on the
+                           evaluation grid; with it and H < eval_every, a run of H rounds at the
+                           target in a window whose last round is below it is not seen.
+                           None when no hold completed (`stable_target_reason` says why, e.g.
+                           the run ended during the hold).
 """
 
+import dataclasses
 import itertools
 import math
 import platform
@@ -92,12 +113,72 @@ def communication(round_metrics: dict, comm, message_bytes: int) -> dict:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class TargetState:
+    """What the evaluated rounds so far say about the target (see the module docstring).
+
+    hold_start: the first round of the current streak of consecutive evaluated rounds at the
+    target (None when the last evaluated round was below it); last_round: the last evaluated
+    round. A checkpoint stores rounds_to_target, rounds_to_stable_target and hold_start; the
+    last round is that of the last record.
+    """
+
+    rounds_to_target: int | None = None
+    rounds_to_stable_target: int | None = None
+    hold_start: int | None = None
+    last_round: int = 0
+
+    def advance(self, round_index: int, acc_min: float, target: float,
+                hold: int) -> "TargetState":
+        """The state after evaluated round `round_index` (rounds in increasing order) whose worst
+        device has accuracy `acc_min`. A streak needs consecutive rounds: after a gap (rounds
+        not evaluated) it starts again at `round_index`."""
+        if acc_min < target:
+            return dataclasses.replace(self, hold_start=None, last_round=round_index)
+        start = self.hold_start
+        if start is None or round_index != self.last_round + 1:
+            start = round_index
+        stable = self.rounds_to_stable_target
+        if stable is None and round_index - start + 1 >= hold:
+            stable = start
+        rtt = round_index if self.rounds_to_target is None else self.rounds_to_target
+        return TargetState(rtt, stable, start, round_index)
+
+    @property
+    def holding(self) -> bool:
+        """A hold is in progress: every round is evaluated until it completes or breaks."""
+        return self.hold_start is not None and self.rounds_to_stable_target is None
+
+
+def stable_target_reason(state: TargetState, hold: int) -> str | None:
+    """Why rounds_to_stable_target is None (None when it is not)."""
+    if state.rounds_to_stable_target is not None:
+        return None
+    if state.hold_start is not None:
+        held = state.last_round - state.hold_start + 1
+        return (f"the run ended during the hold: every device at or above the target from "
+                f"round {state.hold_start} to round {state.last_round} ({held} of "
+                f"target_hold_rounds={hold} rounds)")
+    if state.rounds_to_target is None:
+        return "no evaluated round had every device at or above the target"
+    return (f"every device was at or above the target at round {state.rounds_to_target}, but "
+            f"not for target_hold_rounds={hold} consecutive evaluated rounds before the run "
+            f"ended")
+
+
+def stable_target_exact(c: ml_collections.ConfigDict) -> bool:
+    """Whether rounds_to_stable_target equals what evaluating every round would give: eval_every
+    = 1, or eval_backfill with target_hold_rounds >= eval_every (see the module docstring)."""
+    return c.eval_every == 1 or (bool(c.eval_backfill) and c.target_hold_rounds >= c.eval_every)
+
+
 class Recorder:
     """Evaluation records, divergence checks and rounds_to_target of one run.
 
     evaluate: the jitted evaluator of the run's model and test set.
     clock: returns the run's wall time so far in seconds (written as each record's wall_s).
-    records, rounds_to_target: what a resumed run had already recorded.
+    records, rounds_to_target, rounds_to_stable_target, hold_start: what a resumed run had
+      already recorded (its TargetState).
     pending: a resumed run's `pending_records` (rounds of the open evaluation window, already
       evaluated when the checkpoint was written, that eval_backfill may still need).
     message_bytes: bytes of one message of the run's algorithm (records count bytes with it).
@@ -107,15 +188,17 @@ class Recorder:
     def __init__(self, c: ml_collections.ConfigDict, workdir: str, evaluate: Evaluator,
                  clock: Callable[[], float], *, records: list | None = None,
                  rounds_to_target: int | None = None, pending: list | None = None,
+                 rounds_to_stable_target: int | None = None, hold_start: int | None = None,
                  message_bytes: int = 0, loss_limit: float | None = None):
         self.config = c
         self.loss_limit = loss_limit
         self.message_bytes = int(message_bytes)
         self.evaluate = evaluate
         self.clock = clock
-        self.rounds_to_target = rounds_to_target
         self.writer = writers.MetricsWriter(workdir, list(records or []),
                                             tensorboard=c.tensorboard)
+        self.target = TargetState(rounds_to_target, rounds_to_stable_target, hold_start,
+                                  self.records[-1]["round"] if self.records else 0)
         self.eval_time = 0.0
         self._backfill = c.eval_backfill and c.eval_every > 1
         self._pending: list[tuple] = []   # (round, params, round metrics, comm counters)
@@ -125,13 +208,28 @@ class Recorder:
     def records(self) -> list[dict]:
         return self.writer.records
 
+    @property
+    def rounds_to_target(self) -> int | None:
+        return self.target.rounds_to_target
+
+    @property
+    def rounds_to_stable_target(self) -> int | None:
+        return self.target.rounds_to_stable_target
+
     def is_eval(self, round_index: int) -> bool:
-        return round_index % self.config.eval_every == 0 or round_index == self.config.rounds
+        """Every eval_every-th round, the last, and every round of a hold in progress."""
+        return (round_index % self.config.eval_every == 0 or round_index == self.config.rounds
+                or self.target.holding)
 
     @property
     def keeps_rounds(self) -> bool:
         """Whether `keep` wants the parameters of rounds that are not evaluated."""
-        return self._backfill and self.rounds_to_target is None
+        return self._backfill and self.rounds_to_stable_target is None
+
+    def _advance(self, record: dict) -> None:
+        c = self.config
+        self.target = self.target.advance(record["round"], record["acc_min"],
+                                          c.target_accuracy, c.target_hold_rounds)
 
     def keep(self, round_index: int, params, round_metrics, comm=None) -> None:
         """Holds a copy of an unevaluated round's parameters until the next evaluation, which
@@ -172,9 +270,11 @@ class Recorder:
                last_good: int = -1, comm=None) -> dict:
         """Evaluates and writes round `round_index`; raises DivergenceError if it diverged.
 
-        If this is the first evaluation to meet the target, the rounds kept since the previous
-        evaluation are evaluated first, in order, up to the first that meets it; that round is
-        rounds_to_target and each such record carries backfilled = 1.
+        If it meets the target and rounds are kept (eval_backfill, stable target not found yet),
+        the rounds kept since the previous evaluation are evaluated and written first, in order,
+        until the stable target is found (each such record carries backfilled = 1): the first of
+        them at the target can be rounds_to_target, and the streak at the target that runs into
+        this round starts the hold.
         """
         c = self.config
         t0 = self.clock()
@@ -188,21 +288,21 @@ class Recorder:
         record.update(self._bytes(metrics, comm))
         check_finite(record, round_index, c.learning_rate, last_good, self.loss_limit)
         reached = record["acc_min"] >= c.target_accuracy
-        if self.rounds_to_target is None and reached:
-            # In round order; the kept rounds are evaluated lazily, up to the first that meets it.
+        if self.keeps_rounds and reached:
+            # In round order; the kept rounds are evaluated lazily, until the stable target is
+            # found (with target_hold_rounds=1: up to the first that meets the target).
             for back in itertools.chain(self._settled, self._kept_records()):
                 back = {**back, "wall_s": self.clock()}
                 self.writer.write(back)
-                if back["acc_min"] >= c.target_accuracy:
-                    self.rounds_to_target = back["round"]
+                self._advance(back)
+                if self.rounds_to_stable_target is not None:
                     break
-            if self.rounds_to_target is None:
-                self.rounds_to_target = round_index
         self._pending.clear()
         self._settled.clear()
         record["wall_s"] = self.clock()
         self.eval_time += record["wall_s"] - t0
         self.writer.write(record)
+        self._advance(record)
         return record
 
     def summary(self, status: str, rounds_run: int, info: dict, **extra) -> dict:
@@ -210,10 +310,18 @@ class Recorder:
         (graph and data facts from runner.build)."""
         last = self.records[-1] if self.records else {}
         at_target = next((r for r in self.records if r["round"] == self.rounds_to_target), {})
+        c = self.config
         return {
             "status": status,
             "rounds_to_target": self.rounds_to_target,
-            "target_accuracy": self.config.target_accuracy,
+            "rounds_to_target_resolution": c.eval_every,
+            "rounds_to_stable_target": self.rounds_to_stable_target,
+            "rounds_to_stable_target_reason": stable_target_reason(self.target,
+                                                                   c.target_hold_rounds),
+            "rounds_to_stable_target_exact": stable_target_exact(c),
+            "target_hold_rounds": c.target_hold_rounds,
+            "target_hold_start": self.target.hold_start,
+            "target_accuracy": c.target_accuracy,
             "final_acc_min": last.get("acc_min"),
             "final_acc_mean": last.get("acc_mean"),
             "final_acc_max": last.get("acc_max"),

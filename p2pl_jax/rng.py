@@ -9,9 +9,17 @@ would have drawn:
   local keys       split(fold_in(round key, LOCAL), N)       data shuffling of device n
   link key         fold_in(round key, LINK)                  link failures of round k
   dropout / graph / delay / burst / compress keys: fold_in(round key, TAG), likewise
+
+The random bits are pinned to JAX's partitionable threefry (`jax_threefry_partitionable`,
+JAX's default since 0.5): element i of a draw depends only on the key and i, so
+uniform(key, (m,))[:k] == uniform(key, (k,)). A device's shuffle therefore does not depend on
+how many devices it is vmapped with or how long their scan is (the bucketed local phase, the
+device-sharded layout); importing this module sets it.
 """
 
 import jax
+
+jax.config.update("jax_threefry_partitionable", True)
 
 _INIT, _ROUND, _LOCAL, _LINK, _DROP, _GRAPH, _DELAY, _BURST, _COMPRESS = 1, 2, 3, 4, 5, 6, 7, 8, 9
 

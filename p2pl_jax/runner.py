@@ -20,6 +20,7 @@ from absl import logging
 
 from p2pl_jax import (
     algorithms,
+    buckets,
     checkpoint,
     compression,
     graphs,
@@ -89,10 +90,15 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check_range("eval_every", c.eval_every, 1, integer=True)
     check_range("divergence_loss_factor", c.divergence_loss_factor, 0.0)
     check_range("target_accuracy", c.target_accuracy, 0.0, 1.0)
+    check_range("target_hold_rounds", c.target_hold_rounds, 1, integer=True)
     check_range("eval_device_chunk", c.eval_device_chunk, 1, integer=True)
     check_range("eval_example_chunk", c.eval_example_chunk, 1, integer=True)
     check_range("seed", c.seed, 0, integer=True)
     check_range("device_block", c.device_block, -1, integer=True)
+    lb = c.local_buckets
+    if isinstance(lb, bool) or not isinstance(lb, int) or not (lb == -1 or lb >= 1):
+        raise ConfigError(f"local_buckets={c.local_buckets!r} must be -1 (auto) or an integer "
+                          ">= 1 (1 = one padded scan)")
     check_range("checkpoint_every", c.checkpoint_every, 0, integer=True)
     for field in ("progress", "tensorboard", "stop_at_target", "eval_after_local",
                   "eval_backfill", "allow_disconnected", "directed"):
@@ -103,6 +109,43 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if not all(isinstance(h, int) and h >= 1 for h in c.hidden_sizes):
         raise ConfigError(f"hidden_sizes={tuple(c.hidden_sizes)!r} must be positive integers, "
                           "e.g. (200, 200)")
+    _validate_skew_and_graph(c)
+
+
+def _validate_skew_and_graph(c: ml_collections.ConfigDict) -> None:
+    """skew_fractions, graph_resample, and data_size_mh's need for two-way links."""
+    if not isinstance(c.graph_resample, bool):
+        raise ConfigError(f"graph_resample={c.graph_resample!r} must be a boolean (True or "
+                          "False)")
+    if c.graph_resample and c.topology not in graphs.RANDOM_TOPOLOGIES:
+        raise ConfigError(f"graph_resample=True redraws a random graph until it is connected; "
+                          f"topology={c.topology} is not random; allowed: topology="
+                          f"{', '.join(graphs.RANDOM_TOPOLOGIES)}, or graph_resample=False")
+    if c.graph_resample and c.allow_disconnected:
+        raise ConfigError("graph_resample=True draws until the graph is connected, "
+                          "allow_disconnected=True keeps a disconnected one; allowed: one of "
+                          "them")
+    failures = c.link_failure_prob > 0 or c.link_burst_prob > 0
+    one_way = ("directed=True" if c.directed else
+               "topology=exponential" if c.topology in graphs.DIRECTED else
+               "link_failure_mode=asymmetric" if failures and c.link_failure_mode == "asymmetric"
+               else "")
+    if c.mixing in mixing.NEEDS_UNDIRECTED and one_way:
+        raise ConfigError(f"mixing={c.mixing} (Metropolis-Hastings towards the data shares) "
+                          f"needs two-way links to be reversible, but {one_way} gives one-way "
+                          f"links; allowed: an undirected graph with link_failure_mode="
+                          f"symmetric, or mixing=data_size")
+    if isinstance(c.skew_fractions, (list, tuple)) and len(c.skew_fractions) == 0:
+        return
+    partition.check_group_fractions(c.skew_fractions, c.num_devices)
+    if c.partition != "skew":
+        raise ConfigError(f"skew_fractions={tuple(c.skew_fractions)!r} gives the sizes of "
+                          f"partition=skew, not partition={c.partition}; allowed: "
+                          "partition=skew, or skew_fractions=()")
+    if c.skew_top_fraction > 0:
+        raise ConfigError(f"skew_fractions={tuple(c.skew_fractions)!r} and skew_top_fraction="
+                          f"{c.skew_top_fraction} both give the sizes; allowed: one of them "
+                          "(skew_top_fraction=0.0, or skew_fractions=())")
 
 
 def resolve_device_block(device_block: int) -> int:
@@ -115,6 +158,7 @@ def resolve_device_block(device_block: int) -> int:
 
 def _partition(c, ds: data_lib.Dataset, num_devices: int) -> list[np.ndarray]:
     fractions = None
+    groups = tuple(c.skew_fractions) if c.partition == "skew" and c.skew_fractions else None
     if c.partition == "skew" and c.skew_top_fraction > 0:
         check_range("skew_top_fraction", c.skew_top_fraction, 0.0, 1.0, hi_open=True)
         fractions = partition.one_device_fraction(num_devices, c.skew_top_fraction)
@@ -122,28 +166,39 @@ def _partition(c, ds: data_lib.Dataset, num_devices: int) -> list[np.ndarray]:
         ds.y_train, num_devices, c.partition, np.random.default_rng(c.seed),
         samples_per_device=None if c.samples_per_device == -1 else c.samples_per_device,
         shards_per_device=c.shards_per_device, dirichlet_alpha=c.dirichlet_alpha,
-        skew_sigma=c.skew_sigma, skew_fractions=fractions, min_size=c.min_samples_per_device)
+        skew_sigma=c.skew_sigma, skew_fractions=fractions, skew_groups=groups,
+        min_size=c.min_samples_per_device)
 
 
 def _graph(c, num_devices: int):
-    return graphs.make_graph(
-        c.topology, num_devices, seed=c.seed, radius=c.graph_radius, p=c.graph_p,
-        k=c.graph_k, m=c.graph_m, degree=c.graph_degree,
-        grid_rows=None if c.graph_rows == -1 else c.graph_rows,
-        edgelist_path=c.edgelist_path or None, allow_disconnected=c.allow_disconnected,
-        directed=c.directed)
+    """The config's graph; graph.graph["seed"] is the seed it was drawn with (c.seed, or with
+    graph_resample the first seed + 1000 k giving a connected graph, graphs.resampled_graph)."""
+    kw = dict(radius=c.graph_radius, p=c.graph_p, k=c.graph_k, m=c.graph_m,
+              degree=c.graph_degree, grid_rows=None if c.graph_rows == -1 else c.graph_rows,
+              edgelist_path=c.edgelist_path or None, directed=c.directed)
+    if c.graph_resample:
+        g, seed = graphs.resampled_graph(c.topology, num_devices, seed=c.seed, **kw)
+    else:
+        g, seed = graphs.make_graph(c.topology, num_devices, seed=c.seed,
+                                    allow_disconnected=c.allow_disconnected, **kw), c.seed
+    g.graph["seed"] = seed
+    return g
 
 
 def build(c: ml_collections.ConfigDict) -> tuple[simulation.Simulator, data_lib.Dataset, dict]:
-    """Data, partition, graph and simulator for a validated config; also host-side info."""
+    """Data, partition, graph and simulator for a validated config; also host-side info
+    (setup_time_s: the seconds this took)."""
+    t_start = time.perf_counter()
     ds = data_lib.load_dataset(c.dataset, c.data_dir or None)
     parts = _partition(c, ds, c.num_devices)
     stats = partition.partition_stats(ds.y_train, parts, ds.num_classes)
     if algorithms.get(c.algorithm).pooled_data:   # one model on the union of the data
         parts = [np.concatenate(parts)]
         adj = np.zeros((1, 1), bool)
+        graph_seed = None
     else:
-        adj = graphs.adjacency(_graph(c, c.num_devices))
+        graph = _graph(c, c.num_devices)
+        adj, graph_seed = graphs.sparse_adjacency(graph), graph.graph["seed"]
     model = make_model(c.model, hidden_sizes=c.hidden_sizes, num_classes=ds.num_classes)
     uses_graph = algorithms.get(c.algorithm).weights in ("row", "column")
     # fedavg, local and centralized never use the graph: no diameter, no edges in the summary
@@ -158,21 +213,40 @@ def build(c: ml_collections.ConfigDict) -> tuple[simulation.Simulator, data_lib.
         momentum_after_consensus=c.momentum_after_consensus,
         local_epochs=c.local_epochs, batch_size=c.batch_size, local_steps=c.local_steps,
         compressor=c.compressor, compress_ratio=c.compress_ratio, qsgd_bits=c.qsgd_bits,
-        device_block=resolve_device_block(c.device_block), diameter=diameter)
+        device_block=resolve_device_block(c.device_block), diameter=diameter,
+        local_buckets=c.local_buckets)
     if c.shard:
         if c.distributed:   # multi-host (e.g. a TPU pod slice): every host runs this program
             jax.distributed.initialize()
         sim.shard(sharding.make_mesh())
     info: dict[str, Any] = {"partition": stats, "diameter": sim.diameter,
                             "consensus_backend": sim.backend, "data_source": ds.source,
-                            "num_edges": int((adj | adj.T).sum() // 2) if uses_graph else None,
+                            "num_edges": graphs.num_edges(adj) if uses_graph else None,
                             "algorithm": sim.algorithm, "mixing": sim.spec.scheme,
+                            "graph_seed": graph_seed if uses_graph else None,
                             "message_bytes": sim.message_bytes,
+                            **local_phase_info(sim, c),
                             "loss_limit": recorder.loss_limit(c.divergence_loss_factor,
                                                               ds.num_classes)}
-    if sim.mixing_matrix is not None and adj.shape[0] <= 2000:
-        info.update({k: float(v) for k, v in mixing.spectral_info(sim.mixing_matrix).items()})
+    if sim.mixing_weights is not None:   # dense eigenvalues of the dense W while cheap
+        w = (sim.mixing_matrix if sim.num_devices <= mixing.SPECTRUM_DENSE_MAX_N
+             else sim.mixing_weights)
+        info.update({k: float(v) for k, v in mixing.spectral_info(w).items()})
+    info["setup_time_s"] = time.perf_counter() - t_start
     return sim, ds, info
+
+
+def local_phase_info(sim: simulation.Simulator, c: ml_collections.ConfigDict) -> dict:
+    """The local phase's layout for summary.json: its scans (buckets.py) and device-steps per
+    round (epochs mode): what the data asks for, one padded scan, and the scans run."""
+    sizes = np.asarray(sim.arrays.sizes)
+    scans = [[b.count, b.max_size] for b in sim.buckets] or [[len(sizes), int(sizes.max())]]
+    out = {"local_scans": scans}
+    if not c.local_steps:
+        needed, padded, run = buckets.device_steps(sizes, sim.buckets, batch_size=c.batch_size,
+                                                   local_epochs=c.local_epochs)
+        out["device_steps"] = {"needed": needed, "padded": padded, "run": run}
+    return out
 
 
 def hparams(c: ml_collections.ConfigDict) -> simulation.HParams:
@@ -257,13 +331,17 @@ def _run(c: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpoint
                  "data=%s", sim.num_devices, c.algorithm, c.topology, info["diameter"],
                  info["num_edges"], sim.backend, info["data_source"])
 
+    t_init = time.perf_counter()
     hp = hparams(c)
     evaluate = make_evaluator(sim.model.apply, jnp.asarray(ds.x_test),
                               jnp.asarray(ds.y_test, jnp.int32),
                               device_chunk=c.eval_device_chunk,
                               example_chunk=c.eval_example_chunk)
+    state = jax.block_until_ready(sim.init(c.seed))
+    # setup_time_s: build + initialisation (with max norm sync, its compile included);
+    # wall_time_s starts after it (compile of the round, rounds, evaluation, checkpoints).
+    info["setup_time_s"] += time.perf_counter() - t_init
     t0 = time.perf_counter()
-    state = sim.init(c.seed)
     stages.reached("compile")
     compile_time = sim.compile(state, hp, return_local=c.eval_after_local)
     compile_time += evaluate.compile(sim.eval_params(state))

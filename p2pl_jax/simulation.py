@@ -18,6 +18,7 @@ functions that return data (`data_layout`, `graph_lists`, `static_weights`, `gra
 
 import dataclasses
 import functools
+import math
 import time
 from collections.abc import Callable
 from functools import partial
@@ -27,14 +28,13 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import networkx as nx
 import numpy as np
+import scipy.sparse as sp
 
-from p2pl_jax import algorithms, consensus, graphs, mixing, network, rng, sync
+from p2pl_jax import algorithms, buckets, consensus, graphs, mixing, network, rng, sync
 from p2pl_jax.local_update import make_local_update, make_optimizer
 from p2pl_jax.models import init_params
 
-DIAMETER_MAX_N = 2000
 ALGORITHMS = algorithms.ALGORITHMS
 MOMENTUM_AFTER_CONSENSUS = ("keep", "reset", "mix")
 
@@ -91,6 +91,8 @@ class Arrays:
     idx[n, k] (0 on self and padding), to read what a sender gives each receiver.
     For directed graphs the lists are those of the undirected union and `valid` marks the
     entries n <- idx[n, k] that are edges.
+    order, position [N] int32 (bucketed local phase only, Spec.buckets): the devices grouped by
+    bucket (buckets.plan), and position[n] = where device n is in `order`.
     """
 
     x: jax.Array
@@ -104,6 +106,8 @@ class Arrays:
     w_dense: jax.Array
     pi: jax.Array
     rev: jax.Array | None = None
+    order: jax.Array | None = None
+    position: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +131,7 @@ class Spec:
     compressor: str = "none"   # choco: compression.COMPRESSORS
     compress_ratio: float = 0.01
     qsgd_bits: int = 4
+    buckets: tuple = ()        # buckets.Bucket plan of the local phase; () = one padded scan
 
     @property
     def dynamic(self) -> bool:
@@ -181,17 +186,31 @@ def _per_sender(idx: jax.Array, entries: jax.Array) -> jax.Array:
 
 def _local_phase(spec: Spec, local_update: Callable, start, opt_state, corr, arrays: Arrays,
                  hp: HParams, key: jax.Array):
+    """The vmapped local phase of every device: one padded scan, or one per bucket."""
     n = arrays.sizes.shape[0]
     per_device = (start, opt_state, arrays.offsets, arrays.sizes, rng.local_keys(key, n))
     if corr is not None:
         per_device = per_device + (corr,)
-    one = lambda a: local_update(*a[:5], hp.learning_rate, hp.momentum, arrays.x, arrays.y,
-                                 *a[5:])
-    if spec.device_block and spec.device_block < n:
-        # Blocks of devices one after another (vmap inside a block): same maths, but a
-        # block's parameters, momentum and gradients stay in cache for the whole epoch.
-        return jax.lax.map(one, per_device, batch_size=spec.device_block)
-    return jax.vmap(one)(per_device)
+
+    def run(devices, count: int, **sizes):
+        one = lambda a: local_update(*a[:5], hp.learning_rate, hp.momentum, arrays.x,
+                                     arrays.y, *a[5:], **sizes)
+        if spec.device_block and spec.device_block < count:
+            # Blocks of devices one after another (vmap inside a block): same maths, but a
+            # block's parameters, momentum and gradients stay in cache for the whole epoch.
+            return jax.lax.map(one, devices, batch_size=spec.device_block)
+        return jax.vmap(one)(devices)
+
+    if not spec.buckets:
+        return run(per_device, n)
+    # One scan per bucket, each as long as its largest device needs (buckets.py); the
+    # results are put back in device order.
+    outs = []
+    for b in spec.buckets:
+        members = arrays.order[b.start:b.start + b.count]
+        outs.append(run(jax.tree.map(lambda leaf, m=members: leaf[m], per_device), b.count,
+                        max_size=b.max_size, min_size=b.min_size))
+    return jax.tree.map(lambda *parts: jnp.concatenate(parts)[arrays.position], *outs)
 
 
 def round_step(state: SimState, arrays: Arrays, hp: HParams, *, spec: Spec,
@@ -287,20 +306,20 @@ def data_layout(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.nda
     return np.concatenate(parts), offsets, sizes
 
 
-def graph_lists(adj: np.ndarray, time_varying: str = "") -> GraphLists:
+def graph_lists(adj: np.ndarray | sp.sparray, time_varying: str = "") -> GraphLists:
     """Neighbour lists of a (possibly directed, adj[n, m] = n receives from m) adjacency.
 
     Directed graphs use the lists of the undirected union with `valid` marking the directed
     edges. A random time-varying graph uses the complete graph's lists (its round graph is a
     mask over them); the one-peer exponential graph masks the static exponential graph's.
+    adj: dense bool [N, N] or sparse; O(N K + E) memory (the complete lists: N^2).
     """
-    adj = np.asarray(adj, bool)
-    union = adj | adj.T
+    adj = graphs.as_sparse(adj)
+    union = graphs.as_sparse(adj + adj.T)
     static = graphs.neighbour_lists(union)
-    rows = np.arange(adj.shape[0])[:, None]
-    valid = static.valid & adj[rows, static.idx]
+    valid = static.valid & _has_entries(adj, static.idx)
     valid[:, 0] = True
-    num_edges = int(union.sum() // 2)
+    num_edges = union.nnz // 2
     if time_varying and time_varying != "exponential":
         n = adj.shape[0]
         idx, edge_id = network.complete_lists(n)
@@ -308,6 +327,17 @@ def graph_lists(adj: np.ndarray, time_varying: str = "") -> GraphLists:
                           num_edges=n * n, sync_idx=static.idx, sync_valid=valid)
     return GraphLists(idx=static.idx, valid=valid, edge_id=static.edge_id,
                       num_edges=num_edges, sync_idx=static.idx, sync_valid=valid)
+
+
+def _has_entries(adj: sp.csr_array, idx: np.ndarray) -> np.ndarray:
+    """bool [N, K]: adj[n, idx[n, k]] of a canonical CSR adjacency (graphs.as_sparse)."""
+    n = adj.shape[0]
+    if adj.nnz == 0:
+        return np.zeros(idx.shape, bool)
+    keys = np.repeat(np.arange(n, dtype=np.int64), np.diff(adj.indptr)) * n + adj.indices
+    query = np.arange(n, dtype=np.int64)[:, None] * n + idx
+    pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+    return keys[pos] == query
 
 
 def reverse_positions(idx: np.ndarray) -> np.ndarray:
@@ -325,9 +355,11 @@ def reverse_positions(idx: np.ndarray) -> np.ndarray:
     return np.where(found, sorted_cols[pos] if len(sorted_keys) else 0, 0).astype(np.int32)
 
 
-def static_weights(kind: str, adj: np.ndarray, lists: GraphLists, sizes: np.ndarray,
-                   scheme: str, rev: np.ndarray | None = None):
-    """(weights [N, K] float32 on the lists, dense float64 [N, N] W) of the static graph.
+def static_weights(kind: str, adj: np.ndarray | sp.sparray, lists: GraphLists,
+                   sizes: np.ndarray, scheme: str,
+                   rev: np.ndarray | None = None) -> tuple[np.ndarray, sp.csr_array]:
+    """(weights [N, K] float32 on the lists, float64 CSR W) of the static graph (no N x N:
+    `dense_weights` is the dense W).
 
     kind "row": the scheme's row-stochastic W; "column": its column-stochastic form (each
     sender splits its mass as the scheme would weight its out-neighbourhood), W = scheme on the
@@ -336,28 +368,44 @@ def static_weights(kind: str, adj: np.ndarray, lists: GraphLists, sizes: np.ndar
     idx, valid = jnp.asarray(lists.sync_idx), jnp.asarray(lists.sync_valid)
     sizes_j = jnp.asarray(sizes, jnp.float32)
     if kind == "column":
-        weights = mixing.column_weights(idx, valid, jnp.asarray(rev), sizes_j, scheme)
-        dense = mixing.mixing_matrix(np.asarray(adj).T, sizes, scheme).T
+        weights = _column_weights(idx, valid, jnp.asarray(rev), sizes_j, scheme)
+        w = sp.csr_array(mixing.sparse_mixing_matrix(graphs.as_sparse(adj).T, sizes, scheme).T)
     else:
-        weights = mixing.neighbour_weights(idx, valid, sizes_j, scheme)
-        dense = mixing.mixing_matrix(adj, sizes, scheme)
-    return np.asarray(weights, np.float32), dense
+        weights = _neighbour_weights(idx, valid, sizes_j, scheme)
+        w = mixing.sparse_mixing_matrix(adj, sizes, scheme)
+    return np.asarray(weights, np.float32), w
 
 
-def graph_diameter(adj: np.ndarray) -> int | None:
+# The round's weight functions, jitted for the static weights: one compile (~0.1 s) instead of
+# eager dispatch of each of their ops (~1.3 s the first time); the same values bit for bit.
+_neighbour_weights = jax.jit(mixing.neighbour_weights, static_argnums=3)
+_column_weights = jax.jit(mixing.column_weights, static_argnums=4)
+
+
+def dense_weights(kind: str, adj: np.ndarray | sp.sparray, sizes: np.ndarray,
+                  scheme: str) -> np.ndarray:
+    """The dense float64 [N, N] W of `static_weights` (mixing.mixing_matrix; the dense backend
+    and small N only)."""
+    adj = graphs.as_sparse(adj).toarray()
+    if kind == "column":
+        return mixing.mixing_matrix(adj.T, sizes, scheme).T
+    return mixing.mixing_matrix(adj, sizes, scheme)
+
+
+def graph_diameter(adj: np.ndarray | sp.sparray) -> int | None:
     """The diameter max norm sync needs (directed: along the edges), or None when it is not
-    computed: above DIAMETER_MAX_N devices (networkx's all-pairs BFS costs minutes at 10^4), or
-    a directed graph that is not strongly connected (sync then runs to its fixed point)."""
-    adj = np.asarray(adj, bool)
+    computed: a directed graph that is not strongly connected, or, above
+    graphs.DIAMETER_EXACT_N devices, a graph whose BFS would visit more than
+    graphs.DIAMETER_MAX_WORK edges (sync then runs to its fixed point, which needs none).
+    Sparse BFS (scipy csgraph), O(N + E) memory; exact below DIAMETER_EXACT_N."""
+    adj = graphs.as_sparse(adj)
     n = adj.shape[0]
     if n == 1:
         return 0
-    if n > DIAMETER_MAX_N:
-        return None
-    if np.array_equal(adj, adj.T):
-        return graphs.diameter(nx.from_numpy_array(adj))
-    g = nx.from_numpy_array(adj.T.astype(np.int8), create_using=nx.DiGraph)  # m -> n edges
-    return nx.diameter(g) if nx.is_strongly_connected(g) else None
+    budget = math.inf if n <= graphs.DIAMETER_EXACT_N else graphs.DIAMETER_MAX_WORK
+    if graphs.is_symmetric(adj):
+        return graphs.diameter(adj, budget)
+    return graphs.directed_diameter(adj, budget)
 
 
 class Simulator:
@@ -366,7 +414,8 @@ class Simulator:
     Args:
       model: a Flax module for one device.
       x, y: training data [T, ...], [T]; parts: one index array into x per device.
-      adj: bool [N, N] adjacency of the static graph, adj[n, m] = n receives from m (may be
+      adj: bool [N, N] adjacency of the static graph, dense or scipy sparse (runner.build
+        passes graphs.sparse_adjacency), adj[n, m] = n receives from m (may be
         directed; ignored by fedavg/local/centralized; with a time-varying graph, the graph of
         phase 0 only).
       algorithm (algorithms.ALGORITHMS), mixing_scheme ("auto" = the algorithm's default),
@@ -382,7 +431,10 @@ class Simulator:
       device_block: 0 vmaps the local phase over all devices at once (best on accelerators);
         k > 0 runs blocks of k devices one after another (lax.map), which keeps each block's
         working set in cache (faster on CPU). The result is the same.
-      diameter: "auto" computes it (graph_diameter); an int or None skips networkx.
+      diameter: "auto" computes it (graph_diameter); an int or None skips the BFS.
+      local_buckets: the work-proportional local phase (buckets.py): at most this many scans,
+        devices grouped by size; -1 = auto (buckets.DEFAULT_MAX_BUCKETS), 1 = one padded scan
+        for everybody (the program of equal sizes). Sharded runs use one scan (see `shard`).
     """
 
     def __init__(self, *, model: nn.Module, x: np.ndarray, y: np.ndarray,
@@ -394,7 +446,8 @@ class Simulator:
                  delay_mode: str = "fixed", momentum_after_consensus: str = "keep",
                  local_epochs: int = 1, batch_size: int = 10, device_block: int = 0,
                  local_steps: int = 0, compressor: str = "none", compress_ratio: float = 0.01,
-                 qsgd_bits: int = 4, diameter: int | None | str = "auto"):
+                 qsgd_bits: int = 4, diameter: int | None | str = "auto",
+                 local_buckets: int = -1):
         self.model = model
         self.num_devices = n = len(parts)
         self.input_shape = tuple(x.shape[1:])
@@ -408,14 +461,16 @@ class Simulator:
         dropouts = bool(dropouts) and "dropouts" in algo.faults
         time_varying = time_varying if "time_varying" in algo.faults else ""
         max_delay = int(max_delay) if "delays" in algo.faults else 0
-        self.adj = np.asarray(adj, bool)
+        self.adj = graphs.as_sparse(adj)   # bool CSR: O(N + E) host memory whatever N
         self.diameter = graph_diameter(self.adj) if diameter == "auto" else diameter
         lists = graph_lists(self.adj, time_varying)
         self._sync_lists = (lists.sync_idx, lists.sync_valid)
         pi = sizes / sizes.sum()
         dynamic = link_failures or dropouts or bool(time_varying)
         rev = np.zeros((1, 1), np.int32)
-        self.mixing_matrix = None   # the static graph's dense float64 W (graph algorithms)
+        self.mixing_weights = None   # the static graph's float64 CSR W (graph algorithms)
+        self._dense_w_args = (algo.weights, sizes, mixing_scheme)
+        w_dense_np = np.zeros((1, 1))
         if algo.uses_graph:
             if algo.weights == "column":
                 rev = reverse_positions(lists.idx)
@@ -423,20 +478,28 @@ class Simulator:
                     lists.sync_idx)
             else:
                 sync_rev = None
-            weights, w_dense_np = static_weights(algo.weights, self.adj, lists, sizes,
-                                                 mixing_scheme, sync_rev)
-            self.mixing_matrix = w_dense_np
+            weights, self.mixing_weights = static_weights(algo.weights, self.adj, lists, sizes,
+                                                          mixing_scheme, sync_rev)
             if time_varying and time_varying != "exponential":
                 weights = np.zeros(lists.idx.shape, np.float32)
             resolved = consensus.choose_backend(backend, n, lists.idx.shape[1])
-            if (backend == "auto" and not dynamic and not max_delay
+            # The N x N W only for the dense backend. Identical rows need every device with a
+            # self weight > 0 to be heard by all (K = N), so "auto" -> gather (K <= N / 8)
+            # never has them.
+            if resolved == "dense" and not dynamic:
+                w_dense_np = self.mixing_matrix
+            if (backend == "auto" and resolved == "dense" and not dynamic and not max_delay
                     and np.all(w_dense_np == w_dense_np[:1])):
                 resolved, pi = "global", w_dense_np[0]   # identical rows: one average, broadcast
         else:
             weights = np.zeros(lists.idx.shape, np.float32)
-            w_dense_np = np.zeros((1, 1))
             resolved = "global" if algo.weights == "server" else "none"
         self.backend = resolved
+        self.buckets, order = buckets.plan(
+            sizes, batch_size=batch_size, local_epochs=local_epochs,
+            local_steps=int(local_steps),
+            max_buckets=buckets.DEFAULT_MAX_BUCKETS if local_buckets == -1 else local_buckets,
+            overhead=buckets.OVERHEAD.get(jax.default_backend(), buckets.OVERHEAD["gpu"]))
         self.spec = Spec(algorithm=algorithm, scheme=mixing_scheme, backend=resolved,
                          link_failures=link_failures, link_mode=link_mode,
                          num_edges=lists.num_edges,
@@ -445,7 +508,8 @@ class Simulator:
                          bursts=link_bursts, time_varying=time_varying,
                          max_delay=max_delay, delay_mode=delay_mode,
                          local_steps=int(local_steps), compressor=compressor,
-                         compress_ratio=float(compress_ratio), qsgd_bits=int(qsgd_bits))
+                         compress_ratio=float(compress_ratio), qsgd_bits=int(qsgd_bits),
+                         buckets=self.buckets)
         w_dense = w_dense_np if (resolved == "dense" and not dynamic) else np.zeros((1, 1))
         self.arrays = Arrays(
             x=jnp.asarray(x[rows]), y=jnp.asarray(y[rows], jnp.int32),
@@ -453,7 +517,9 @@ class Simulator:
             idx=jnp.asarray(lists.idx), valid=jnp.asarray(lists.valid),
             edge_id=jnp.asarray(lists.edge_id), weights=jnp.asarray(weights, jnp.float32),
             w_dense=jnp.asarray(w_dense, jnp.float32), pi=jnp.asarray(pi, jnp.float32),
-            rev=jnp.asarray(rev))
+            rev=jnp.asarray(rev),
+            order=jnp.asarray(order) if self.buckets else None,
+            position=jnp.asarray(np.argsort(order).astype(np.int32)) if self.buckets else None)
         local_key = dict(max_size=int(sizes.max()), batch_size=batch_size,
                          local_epochs=local_epochs, local_steps=int(local_steps),
                          min_size=int(sizes.min()) if local_steps else 1,
@@ -472,6 +538,14 @@ class Simulator:
         self._leaf_sizes = None
         # What the compiled local phase depends on (sweeps group replicas by it).
         self.local_update_key = (model, tuple(sorted(local_key.items())))
+
+    @functools.cached_property
+    def mixing_matrix(self) -> np.ndarray | None:
+        """The static graph's dense float64 [N, N] W (`dense_weights`; None without a graph),
+        made when first read: N^2 memory."""
+        if self.mixing_weights is None:
+            return None
+        return dense_weights(self._dense_w_args[0], self.adj, *self._dense_w_args[1:])
 
     @property
     def message_bytes(self) -> int:
@@ -500,6 +574,10 @@ class Simulator:
 
         The local phase is then vmapped over all devices (device_block 0), each accelerator
         running its own N / mesh.size devices; consensus crosses shards inside the program.
+        It is one padded scan (no buckets): a bucket gathers its devices from every shard, so
+        bucketing a sharded run would move every model across the mesh twice a round and leave
+        the shards unbalanced unless each shard held an equal part of every bucket. Skewed
+        sharded runs pay the padded scan's cost (README, "Skewed sizes").
         """
         from p2pl_jax import sharding
 
@@ -508,8 +586,10 @@ class Simulator:
         rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         arrays_sh = sharding.device_axis_sharding(self.arrays, n, mesh)
         arrays_sh = arrays_sh.replace(x=rep, y=rep)
-        self.arrays = jax.device_put(self.arrays, arrays_sh)
-        self.spec = dataclasses.replace(self.spec, device_block=0)
+        self.arrays = jax.device_put(self.arrays.replace(order=None, position=None),
+                                     arrays_sh.replace(order=None, position=None))
+        self.buckets = ()
+        self.spec = dataclasses.replace(self.spec, device_block=0, buckets=())
         self.round_fn = partial(round_step, spec=self.spec, local_update=self.local_update)
         example = jax.eval_shape(self.init_state, rng.root_key(0))
         state_sh = sharding.device_axis_sharding(

@@ -263,8 +263,11 @@ def _run_group(reps: list[_Replica], evaluate, ckpt: checkpoint.Checkpointer,
     if restored is not None:
         loop.check_resumable({**restored.meta, "round": restored.round}, fp,
                              reps[0].config.rounds, ckpt.directory)
+    t_init = time.perf_counter()
+    state = jax.block_until_ready(_stack([r.sim.init(r.config.seed) for r in reps]))
+    for r in reps:   # setup_time_s: the replica's own build + the group's initialisation
+        r.info["setup_time_s"] += time.perf_counter() - t_init
     t0 = time.perf_counter()
-    state = _stack([r.sim.init(r.config.seed) for r in reps])
     program = _GroupProgram(reps)
     members = [loop.Member(r.name, r.config, r.workdir, r.info,
                            message_bytes=r.sim.message_bytes, loss_limit=r.info["loss_limit"])

@@ -28,13 +28,15 @@ def max_norm_sources(norms: jax.Array, idx: jax.Array, valid: jax.Array,
                      num_steps: int) -> jax.Array:
     """[N] index of the device whose init each device holds after `num_steps` sync steps."""
     n = norms.shape[0]
-    src = jnp.arange(n)
-    for _ in range(num_steps):
+
+    def step(_, src):
         cand = src[idx]                                   # [N, K] what each neighbour holds
         cand_norm = jnp.where(valid, norms[cand], -jnp.inf)
         best = jnp.argmax(cand_norm, axis=1)
-        src = jnp.take_along_axis(cand, best[:, None], axis=1)[:, 0]
-    return src
+        return jnp.take_along_axis(cand, best[:, None], axis=1)[:, 0]
+
+    # a loop, not unrolled: the compile time does not grow with the diameter
+    return jax.lax.fori_loop(0, num_steps, step, jnp.arange(n))
 
 
 def max_norm_sync(params, idx: jax.Array, valid: jax.Array, num_steps: int):

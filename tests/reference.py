@@ -142,6 +142,12 @@ def ref_weights(a, sizes, scheme):
             for m in nb:
                 w[n, m] = 1.0 / (deg.max() + 1)
             w[n, n] = 1.0 - w[n].sum()
+        elif scheme == "data_size_mh":   # proposal 1 / (d_n + 1), target pi ~ sizes
+            for m in nb:
+                accept = 1.0 if sizes[n] == 0 else min(
+                    1.0, sizes[m] * (deg[n] + 1) / (sizes[n] * (deg[m] + 1)))
+                w[n, m] = accept / (deg[n] + 1)
+            w[n, n] = 1.0 - w[n].sum()
         else:
             raise AssertionError(scheme)
     return w

@@ -52,5 +52,33 @@ def test_vs_loop_quick(bench_env, tmp_path):
         assert res["torch_match"] is True
 
 
+def test_setup_time_quick(bench_env, tmp_path):
+    _run("benchmarks.setup_time", ["--json", str(tmp_path / "s.json")], bench_env)
+    rows = json.loads((tmp_path / "s.json").read_text())["rows"]
+    assert [r["n"] for r in rows] == [30, 200]
+    for r in rows:
+        assert "error" not in r, r
+        assert r["total_s"] > 0 and r["diameter"] >= 1 and r["baseline_diameter_equal"] is True
+
+
+def test_skew_quick(bench_env, tmp_path):
+    """Both layouts run; the bucketed one runs the device-steps needed; every case's sizes."""
+    _run("benchmarks.skew", ["--json", str(tmp_path / "k.json")], bench_env)
+    rows = json.loads((tmp_path / "k.json").read_text())["rows"]
+    assert [r["case"] for r in rows] == ["equal", "top:0.5"]
+    for r in rows:
+        assert r["round_s_bucketed"] > 0 and r["round_s_padded"] > 0 and r["floor_s"] > 0
+    assert rows[0]["run_steps"] == rows[0]["padded_steps"] == rows[0]["needed"]
+    assert rows[1]["run_steps"] == rows[1]["needed"] < rows[1]["padded_steps"]
+    from benchmarks.skew import case_sizes
+
+    sizes = case_sizes("groups:0.01/0.99", 10, 6000, 0)
+    assert sizes.tolist() == [12] * 5 + [1188] * 5
+    top = case_sizes("top:0.9", 10, 6000, 0)
+    assert top[0] == 5400 and top.sum() == 6000 and set(top[1:].tolist()) == {66, 67}
+    lognormal = case_sizes("lognormal:1.5", 10, 6000, 0)
+    assert lognormal.sum() == 6000 and lognormal.max() > 3 * lognormal.min()
+
+
 def test_gpu_check_script_parses():
     subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_check.sh")], check=True)

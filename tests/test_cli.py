@@ -10,10 +10,11 @@ import tempfile
 from pathlib import Path
 
 import jax
+import networkx as nx
 import pytest
 
 from configs import smoke
-from p2pl_jax import runner
+from p2pl_jax import graphs, runner
 from p2pl_jax.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,3 +109,32 @@ def test_runner_unwritable_workdir(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(ConfigError, match="workdir"):
         runner.run(smoke.get_config(), str(blocker / "run"))
+
+
+def test_cli_group_skew_resampled_graph_and_data_size_mh(tmp_path, mnist_dir):
+    """One real run with the three options of issue #12 part 3: the tuple field parses from the
+    command line, the group sizes reach partition.json, the resampled graph's seed (seed 0 is
+    disconnected at this radius, seed 2000 the first connected one: tests/test_graphs.py)
+    reaches summary.json."""
+    seeds = [k for k in range(100) if nx.is_connected(graphs.make_graph(
+        "random_geometric", 4, seed=1000 * k, radius=0.4, allow_disconnected=True))]
+    workdir = tmp_path / "run"
+    proc = _train(workdir, "--config.rounds=1", "--config.partition=skew",
+                  "--config.skew_fractions=(0.1, 0.9)", "--config.topology=random_geometric",
+                  "--config.graph_radius=0.4", "--config.graph_resample=True",
+                  "--config.mixing=data_size_mh", "--config.progress=False",
+                  "--config.tensorboard=False")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((workdir / "config.json").read_text())["skew_fractions"] == [0.1, 0.9]
+    assert json.loads((workdir / "partition.json").read_text())["sizes"] == [10, 10, 90, 90]
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert seeds[0] > 0 and summary["graph_seed"] == 1000 * seeds[0]
+    assert summary["mixing"] == "data_size_mh"
+
+
+def test_graph_seed_is_none_without_a_graph(mnist_dir):
+    c = smoke.get_config()
+    c.seed = 3
+    assert runner.build(c)[2]["graph_seed"] == 3          # cycle: the seed given, unused
+    c.algorithm = "fedavg"
+    assert runner.build(c)[2]["graph_seed"] is None

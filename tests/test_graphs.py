@@ -7,6 +7,7 @@ import networkx as nx
 import numpy as np
 import pytest
 
+from p2pl_jax import graphs
 from p2pl_jax.errors import ConfigError
 from p2pl_jax.graphs import (
     DIRECTED,
@@ -235,3 +236,41 @@ def test_edgelist_without_repeats_logs_no_warning(edgefile, caplog):
     with caplog.at_level(logging.WARNING):
         make_graph("edgelist", 3, edgelist_path=edgefile("0 1\n1 2\n2 0\n"))
     assert _warnings(caplog) == []
+
+
+def _connected_bfs(adj):
+    """Independent connectivity check: breadth-first search from node 0 over a bool [N, N]."""
+    seen, frontier = {0}, [0]
+    while frontier:
+        frontier = [m for n in frontier for m in np.flatnonzero(adj[n]) if m not in seen]
+        seen.update(frontier)
+    return len(seen) == len(adj)
+
+
+# (topology, N, make_graph kwargs, seed): near the connectivity threshold, `seed` disconnected
+RESAMPLE_CASES = [("random_geometric", 20, {"radius": 0.3}, 1),
+                  ("random_geometric", 4, {"radius": 0.4}, 0),
+                  ("erdos_renyi", 20, {"p": 0.12}, 0)]
+
+
+@pytest.mark.parametrize("topology,n,kw,seed", RESAMPLE_CASES)
+def test_resampled_graph_is_the_first_connected_seed(topology, n, kw, seed):
+    draw = lambda s: adjacency(make_graph(topology, n, seed=s, allow_disconnected=True, **kw))
+    assert not _connected_bfs(draw(seed))   # the case is near the threshold
+    k = next(k for k in range(100) if _connected_bfs(draw(seed + 1000 * k)))
+    assert k >= 1
+    g, graph_seed = graphs.resampled_graph(topology, n, seed=seed, **kw)
+    assert graph_seed == seed + 1000 * k
+    np.testing.assert_array_equal(adjacency(g), draw(seed + 1000 * k))
+    assert _connected_bfs(adjacency(g))
+    g0, seed0 = graphs.resampled_graph(topology, n, seed=seed + 1000 * k, **kw)  # k = 0
+    assert seed0 == seed + 1000 * k and nx.utils.graphs_equal(g0, g)
+
+
+def test_resampled_graph_errors():
+    with pytest.raises(ConfigError) as e:
+        graphs.resampled_graph("random_geometric", 20, seed=0, radius=0.01, tries=5)
+    msg = str(e.value)
+    assert "graph_radius" in msg and "num_devices=20" in msg and "5 graph seeds" in msg
+    with pytest.raises(ConfigError, match="graph_resample.*'random_geometric'"):
+        graphs.resampled_graph("cycle", 5)

@@ -2,9 +2,10 @@
 
 The sweep: configs/smoke.py, 12 rounds, seeds 0 and 1 x dropout_prob 0.0 and 0.3 = 4 replicas in
 2 compiled groups (a dropout probability of 0 compiles no sampling), evaluated every 3rd round,
-checkpointed every 2nd, target 70% with stop_at_target and eval_backfill: the replicas reach the
-target at different rounds, some between evaluations, so a group stops when its last replica
-does and resumes carry rounds_to_target bookkeeping and settled backfill records. The reference is
+checkpointed every 2nd, target 70% held for 2 rounds with stop_at_target and eval_backfill: the
+replicas reach the target at different rounds, some between evaluations, so a group stops when
+its last replica's hold completes and resumes carry rounds_to_target and hold bookkeeping and
+settled backfill records. The reference is
 an uninterrupted sweep; an interrupted one (SIGKILL, SIGTERM) rerun with the same command must
 write the same metrics.jsonl (up to wall_s) and summaries in every replica folder.
 """
@@ -27,10 +28,11 @@ REPO = Path(__file__).resolve().parents[1]
 VALUES = {"dropout_prob": [0.0, 0.3], "seed": [0, 1]}   # the CLI's (sorted) order
 NAMES = [f"dropout_prob={d},seed={s}" for d in VALUES["dropout_prob"] for s in VALUES["seed"]]
 FIELDS = {"rounds": 12, "eval_every": 3, "checkpoint_every": 2, "target_accuracy": 0.7,
-          "stop_at_target": True, "tensorboard": False}
+          "target_hold_rounds": 2, "stop_at_target": True, "tensorboard": False}
 ARGS = ["--config=configs/smoke.py", *(f"--config.{k}={v}" for k, v in FIELDS.items()),
         "--sweep.seed=0,1", "--sweep.dropout_prob=0.0,0.3"]
-SUMMARY_KEYS = ("status", "rounds_run", "rounds_to_target", "final_acc_min", "final_acc_mean")
+SUMMARY_KEYS = ("status", "rounds_run", "rounds_to_target", "rounds_to_stable_target",
+                "final_acc_min", "final_acc_mean")
 
 
 def _config():

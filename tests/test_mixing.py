@@ -290,3 +290,82 @@ def test_data_size_follows_the_only_device_with_data(sizes):
 
 def test_spectral_info_of_one_device():
     assert mixing.spectral_info(np.ones((1, 1))) == {"slem": 0.0, "spectral_gap": 1.0}
+
+
+def _eigen_pi(w):
+    """numpy reference: the left eigenvector of W for the eigenvalue closest to 1, normalised."""
+    lam, vecs = np.linalg.eig(w.T)
+    v = np.real(vecs[:, np.argmin(np.abs(lam - 1.0))])
+    return v / v.sum()
+
+
+MH_SIZES = {
+    "unequal": lambda n: _sizes(n, "unequal"),
+    "lognormal": lambda n: np.round(600 * n * np.exp(2.0 * np.random.default_rng(n)
+                                                     .standard_normal(n)) / n) + 1,
+    "one-device-skew": lambda n: np.array([0.99 * 600 * n] + [0.01 * 600 * n / (n - 1)] * (n - 1)),
+    "two-groups": lambda n: np.array([6.0] * (n // 2) + [594.0] * (n - n // 2)),
+}
+
+
+@pytest.mark.parametrize("sizes_kind", MH_SIZES)
+@pytest.mark.parametrize("case", [c for c in GRAPHS if c[1] >= 3],
+                         ids=[GRAPH_IDS[i] for i, c in enumerate(GRAPHS) if c[1] >= 3])
+def test_data_size_mh_stationary_distribution_is_the_data_shares(case, sizes_kind):
+    """pi^T W = pi^T with pi = |D| / sum |D| (to 1e-6 against numpy's eigenvector), and
+    detailed balance pi_n w_nm = pi_m w_mn; data_size is the biased control."""
+    adj = _adj(case)
+    n = adj.shape[0]
+    sizes = MH_SIZES[sizes_kind](n)
+    share = sizes / sizes.sum()
+    w = mixing_matrix(adj, sizes, "data_size_mh")
+    np.testing.assert_allclose(share @ w, share, atol=1e-12)
+    np.testing.assert_allclose(_eigen_pi(w), share, atol=1e-6)
+    flow = share[:, None] * w
+    np.testing.assert_allclose(flow, flow.T, atol=1e-15)
+    assert np.all(np.diag(w) >= 1.0 / (adj.sum(1) + 1) - 1e-12)   # lazy: aperiodic
+    if sizes_kind == "one-device-skew" and adj[0].sum() < n - 1:   # big device not a hub
+        assert abs(_eigen_pi(mixing_matrix(adj, sizes, "data_size"))[0] - share[0]) > 1e-3
+
+
+@pytest.mark.parametrize("case", GRAPHS, ids=GRAPH_IDS)
+def test_data_size_mh_is_metropolis_for_equal_sizes(case):
+    adj = _adj(case)
+    sizes = _sizes(adj.shape[0], "equal")
+    np.testing.assert_allclose(mixing_matrix(adj, sizes, "data_size_mh"),
+                               mixing_matrix(adj, sizes, "metropolis"), atol=1e-15)
+
+
+def test_data_size_mh_keeps_the_data_shares_under_symmetric_failures_and_dropouts():
+    """The list weights of every round's graph (symmetric link failures, offline devices
+    isolated) keep pi = |D| / sum |D| fixed, so a product of rounds does too."""
+    adj = _adj(GRAPHS[6])
+    n = adj.shape[0]
+    nl = neighbour_lists(adj)
+    sizes = MH_SIZES["one-device-skew"](n)
+    share = sizes / sizes.sum()
+    rng = np.random.default_rng(3)
+    product = np.eye(n)
+    for _ in range(5):
+        valid = _masks(nl, rng)["symmetric"]
+        online = rng.random(n) > 0.3
+        valid = valid & online[:, None] & online[nl.idx]
+        valid[:, 0] = True
+        idx_p, valid_p, sizes_p = _pad(nl.idx, valid, sizes)
+        w = np.asarray(_dense(idx_p, _nw(idx_p, valid_p, sizes_p, scheme="data_size_mh"),
+                              N_PAD), np.float64)[:n, :n]
+        np.testing.assert_allclose(w[~online], np.eye(n)[~online], atol=1e-7)
+        np.testing.assert_allclose(share @ w, share, atol=1e-6)
+        product = w @ product
+    np.testing.assert_allclose(share @ product, share, atol=1e-6)
+
+
+def test_data_size_mh_with_empty_devices():
+    """A device with no data takes its neighbours' models (proposal weights) and gives none."""
+    adj = adjacency(nx.path_graph(3))
+    w = mixing_matrix(adj, np.array([0.0, 1.0, 0.0]), "data_size_mh")
+    np.testing.assert_allclose(w, [[0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.5, 0.5]])
+    nl = neighbour_lists(adj)
+    idx_p, valid_p, sizes_p = _pad(nl.idx, nl.valid, np.array([0.0, 1.0, 0.0]))
+    dense = _dense(idx_p, _nw(idx_p, valid_p, sizes_p, scheme="data_size_mh"), N_PAD)
+    np.testing.assert_allclose(np.asarray(dense)[:3, :3], w, atol=1e-7)

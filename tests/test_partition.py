@@ -211,3 +211,75 @@ def test_dirichlet_matrix_moments_and_tiny_alpha():
 def test_pad_partition_of_no_device():
     pd = pad_partition(np.zeros((5, 2, 2)), np.zeros(5, np.int64), [])
     assert pd.x.shape == (0, 0, 2, 2) and pd.y.shape == (0, 0)
+
+
+def _ref_group_sizes(total, num_devices, fractions):
+    """numpy reference, written out: group g is devices [start_g, start_g + n_g) with
+    n_g = N // G (+1 for the first N % G groups); its count is f_g * total rounded by largest
+    remainder; inside a group the count is split as evenly as possible, extras first."""
+    g = len(fractions)
+    n_g = [num_devices // g + (1 if i < num_devices % g else 0) for i in range(g)]
+    exact = [f * total for f in fractions]
+    counts = [int(np.floor(e)) for e in exact]
+    for i in sorted(range(g), key=lambda i: -(exact[i] - counts[i]))[: total - sum(counts)]:
+        counts[i] += 1
+    sizes = []
+    for i in range(g):
+        sizes += [counts[i] // n_g[i] + (1 if j < counts[i] % n_g[i] else 0)
+                  for j in range(n_g[i])]
+    return np.array(sizes), np.repeat(np.arange(g), n_g), np.array(counts)
+
+
+GROUP_CASES = [((0.01, 0.99), 20, 50), ((0.01, 0.99), 7, 30), ((0.5, 0.3, 0.2), 10, 33),
+               ((0.1, 0.2, 0.3, 0.4), 9, 41), ((1.0,), 5, 13), ((0.25,) * 4, 4, 10),
+               ((0.001, 0.009, 0.99), 11, 60), ((1 / 3, 1 / 3, 1 / 3), 5, 2)]
+
+
+@pytest.mark.parametrize("fractions,num_devices,spd", GROUP_CASES)
+def test_skew_groups_sizes_match_reference(fractions, num_devices, spd):
+    labels = mnist_like()
+    total = num_devices * spd
+    parts = partition(labels, num_devices, "skew", np.random.default_rng(3),
+                      samples_per_device=spd, skew_groups=fractions, min_size=0)
+    check_valid(parts, len(labels), num_devices, min_size=0)
+    sizes, members, counts = _ref_group_sizes(total, num_devices, fractions)
+    got = np.array(partition_stats(labels, parts, 10)["sizes"])
+    np.testing.assert_array_equal(got, sizes)
+    np.testing.assert_array_equal(np.bincount(members, weights=got).astype(int), counts)
+    assert got.sum() == total
+    for g in range(len(fractions)):   # equal shares inside a group
+        assert np.ptp(got[members == g]) <= 1
+    stats = partition_stats(labels, parts, 10)
+    assert [sum(h) for h in stats["label_histograms"]] == list(got)
+
+
+def test_skew_groups_half_and_half():
+    """(0.01, 0.99) on 100 devices x 600: devices 0-49 share 1% (12 each), 50-99 share 99%."""
+    parts = partition(mnist_like(60000), 100, "skew", np.random.default_rng(0),
+                      samples_per_device=600, skew_groups=(0.01, 0.99))
+    sizes = np.array([len(p) for p in parts])
+    np.testing.assert_array_equal(sizes[:50], 12)
+    np.testing.assert_array_equal(sizes[50:], 1188)
+
+
+def test_skew_groups_min_size_and_errors():
+    labels = mnist_like()
+    parts = partition(labels, 20, "skew", np.random.default_rng(0), samples_per_device=50,
+                      skew_groups=(0.001, 0.999), min_size=5)
+    sizes = np.array([len(p) for p in parts])
+    check_valid(parts, len(labels), 20, min_size=5)
+    assert sizes.sum() == 1000 and np.all(sizes[:10] == 5)   # group 0 raised to the minimum
+    assert np.ptp(sizes[10:]) <= 1                            # taken evenly from group 1
+    bad = {"sum": (0.3, 0.3), "zero": (0.0, 1.0), "negative": (-0.5, 1.5), "empty": (),
+           "text": ("0.5", "0.5"), "bool": (True,), "nan": (float("nan"), 1.0),
+           "too many groups": (1 / 30,) * 30}
+    for name, fractions in bad.items():
+        with pytest.raises(ConfigError, match="skew_fractions") as e:
+            partition(labels, 20, "skew", np.random.default_rng(0), samples_per_device=50,
+                      skew_groups=fractions)
+        assert "positive numbers summing to 1 within 1e-6" in str(e.value), name
+        if name == "too many groups":
+            assert "30 groups but num_devices=20" in str(e.value)
+    with pytest.raises(ConfigError, match="one of them"):
+        partition(labels, 2, "skew", np.random.default_rng(0), skew_groups=(0.5, 0.5),
+                  skew_fractions=(0.5, 0.5))

@@ -141,6 +141,12 @@ def ref_mixing(adj, sizes, scheme):
             for m in nb[i]:
                 w[i, m] = 1.0 / (d_max + 1)
             w[i, i] = 1.0 - sum(w[i, m] for m in nb[i])
+        elif scheme == "data_size_mh":
+            for m in nb[i]:
+                accept = 1.0 if sizes[i] == 0 else min(
+                    1.0, sizes[m] * (deg[i] + 1) / (sizes[i] * (deg[m] + 1)))
+                w[i, m] = accept / (deg[i] + 1)
+            w[i, i] = 1.0 - sum(w[i, m] for m in nb[i])
         else:
             raise AssertionError(scheme)
     return w
@@ -653,6 +659,23 @@ def test_stationary_distribution_data_size_closed_form(data):
     pi = stationary_distribution(mixing_matrix(adj, sizes, "data_size"))
     closed = [sizes[i] * sum(sizes[m] for m in open_nbhd(adj, i) + [i]) for i in range(n)]
     np.testing.assert_allclose(pi, np.array(closed) / sum(closed), atol=1e-10, rtol=0)
+
+
+@cfg(150)
+@given(st.data())
+def test_stationary_distribution_data_size_mh_is_the_data_shares(data):
+    """data_size_mh on any undirected graph (isolated nodes allowed): every |D|-weighted
+    column sum equals |D_m| (|D|ᵀ W = |D|ᵀ), and on a connected one π = |D| / Σ|D|."""
+    adj = data.draw(adjacencies(symmetric=True))
+    n = len(adj)
+    sizes = data.draw(sizes_for(n))
+    w = mixing_matrix(adj, sizes, "data_size_mh")
+    for m in range(n):
+        assert math.isclose(sum(sizes[i] * w[i, m] for i in range(n)), sizes[m],
+                            rel_tol=1e-12, abs_tol=1e-9)
+    if ref_connected(adj) and min(sizes) > 0:
+        pi = stationary_distribution(w)
+        np.testing.assert_allclose(pi, np.asarray(sizes) / sum(sizes), atol=1e-9, rtol=0)
 
 
 @cfg(120)

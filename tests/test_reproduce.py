@@ -56,6 +56,10 @@ def fake_run(root, setting, seed, base, eval_every, rounds_to_target, *, final_m
     topo = c.topology if c.algorithm == "p2pl" else "complete"
     diameter = DIAMETER.get(setting.name, DIAMETER.get(topo.split("_")[0], 7))
     summary = {"status": "completed", "rounds_to_target": rounds_to_target,
+               "rounds_to_target_resolution": c.eval_every,
+               # (faked: the target held from 5 rounds after the first crossing)
+               "rounds_to_stable_target": rounds_to_target and rounds_to_target + 5,
+               "target_hold_rounds": c.target_hold_rounds,
                "target_accuracy": c.target_accuracy,
                "final_acc_min": rows[-1]["acc_min"], "final_acc_mean": rows[-1]["acc_mean"],
                "final_acc_max": rows[-1]["acc_max"], "rounds_run": last, "wall_time_s": 1.0,
@@ -95,10 +99,35 @@ def test_report_from_existing_runs(tmp_path, no_runs):
     assert (tmp_path / "figures" / "claim3_rounds.png").exists()
     assert (tmp_path / "figures" / "partition_shards2.png").exists()
     assert "20.0 ± 0.0" in report and "not reached in 100 rounds" in report
+    # Both numbers, with the resolution: complete graph 20 (every round) and held from 25.
+    assert "| P2PL complete | 2/2 | 20.0 ± 0.0 | 25.0 ± 0.0 |" in report
+    assert "not held for 10 rounds in 100" in report and "rounds to stable target" in report
     with open(tmp_path / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * len(spec.settings(quick=True))
     assert {r["status"] for r in rows} == {"ok"}
+    complete = next(r for r in rows if r["setting"] == "complete")
+    assert (complete["rounds_to_target"], complete["rounds_to_stable_target"],
+            complete["rounds_to_target_resolution"]) == ("20", "25", "1")
+
+
+def test_runs_from_before_the_stable_target(tmp_path, no_runs):
+    """A run written before rounds_to_stable_target that stopped at its first crossing
+    (stop_at_target) never checked a hold: it is rerun, but --report_only still reports it, with
+    its stable target as not recorded."""
+    base = spec.base_config(quick=True, rounds=100, target=0.97)
+    setting = spec.settings(quick=True)["complete"]
+    fake_run(tmp_path, setting, 0, base, 2, 20)
+    d = tmp_path / "runs" / "complete" / "seed0"
+    summary = json.loads((d / "summary.json").read_text())
+    del summary["rounds_to_stable_target"]
+    (d / "summary.json").write_text(json.dumps(summary))
+    c = spec.make_config(base, setting, 0, 2)
+    assert rep._plan(str(d), c.to_dict())[0] == "fresh"
+    assert rep._plan(str(d), c.to_dict(), report_only=True)[0] == "reuse"
+    stat = rep.make_stat(setting, [rep.run_or_reuse(c, str(d), report_only=True) | {"seed": 0}])
+    assert stat.rounds_text() == "20.0 ± 0.0"
+    assert stat.stable_text().startswith("not recorded")
 
 
 def test_changed_config_is_rerun_and_missing_is_reported(tmp_path, monkeypatch):
@@ -236,15 +265,16 @@ def test_compare_mixing_table(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(rep, "run", fake)
     records = compare_mixing.main(["--quick", "--seeds=2", f"--workdir={tmp_path}",
                                    "--graphs=random_geometric,torus"])
-    assert len(records) == 2 * 2 * 4 * 2
+    n_schemes = len(compare_mixing.SCHEMES)
+    assert len(records) == 2 * 2 * n_schemes * 2
     out = capsys.readouterr().out
     assert "# machine:" in out
     table = (tmp_path / "compare_mixing.md").read_text()
-    assert table.count("| random_geometric |") == 8 and table.count("| torus |") == 8
+    assert table.count("| random_geometric |") == table.count("| torus |") == 2 * n_schemes
     assert "| torus | skewed | data_size | 2.0 ± 0.0 | 2/2 |" in table
     assert "| torus | equal | uniform | not reached in 3 | 0/2 |" in table
     with open(tmp_path / "compare_mixing.csv") as f:
-        assert len(list(csv.DictReader(f))) == 32
+        assert len(list(csv.DictReader(f))) == 2 * 2 * n_schemes * 2
     compare_mixing.main(["--quick", "--seeds=2", f"--workdir={tmp_path}", "--graphs=torus"])
 
 

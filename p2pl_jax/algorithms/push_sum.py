@@ -9,7 +9,9 @@ With one local step this is SGP's update x+ = P (x - eta g(z)); with T steps, th
 displacement of z is pushed (local SGP). Column-stochastic weights: every sender splits its
 mass over its closed out-neighbourhood with the weights `--config.mixing` gives a receiver
 over its closed in-neighbourhood (the transposed scheme; uniform, the default, is SGP's
-1 / (out-degree + 1)), recomputed on the round's graph.
+1 / (out-degree + 1)), recomputed on the round's graph. Every neighbour scheme but
+data_size_mh, whose point (a row-stochastic W with stationary distribution |D| / sum |D|) is
+lost here: the de-biased models tend to the plain average for any column-stochastic P.
 
 Message loss: the acknowledged (sender-keeps) model. A device learns which of its messages
 were lost (an acknowledgement, or a beacon for symmetric failures) and keeps their share
@@ -47,10 +49,14 @@ def communicate(rnd, params, aux, local):
 
 ALGORITHM = Algorithm(
     name="push_sum", paper="Assran et al., ICML 2019 (SGP); Kempe et al. 2003 (push-sum)",
-    weights="column", communicate=communicate, schemes=mixing.NEIGHBOUR_SCHEMES,
+    weights="column", communicate=communicate,
+    schemes=tuple(s for s in mixing.NEIGHBOUR_SCHEMES if s not in mixing.NEEDS_UNDIRECTED),
     default_scheme="uniform",
     faults=frozenset({"link_failures", "asymmetric", "bursts", "dropouts", "time_varying"}),
     directed=True, momentum_modes=("keep", "reset"), init=init, train_point=debiased,
     eval_params=debiased, message_bytes=lambda sizes, spec: model_bytes(sizes, spec) + 4,
-    why={"delays": "late push-sum messages would need per-link buffers for the mass in flight",
+    why={"mixing": "push-sum's de-biased models tend to the plain average whatever the "
+                   "column-stochastic weights, so data_size_mh's stationary distribution "
+                   "(the data shares of a row-stochastic W) does not apply",
+         "delays": "late push-sum messages would need per-link buffers for the mass in flight",
          "momentum_after_consensus": "momentum is of z, which is not what is pushed"})
