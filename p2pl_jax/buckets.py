@@ -36,10 +36,11 @@ import dataclasses
 
 import numpy as np
 
-# Fixed cost of one scan step, in device-steps, by backend. CPU: measured with
-# benchmarks/skew.py (a width-1 step of the MLP costs about 1-2 device-steps of a wide one).
-# GPU/TPU: a step is launch-bound until the batch of devices is large; 64 is a guess, not yet
-# measured (benchmarks/skew.py prints the padded and bucketed times to calibrate it).
+# Fixed cost of one scan step, in device-steps, by backend. CPU: a width-1 step of the MLP costs
+# about 1-2 device-steps of a wide one. GPU: from the H200 round times of docs/performance.md
+# (MLP, 60 steps a round: 13 ms at N = 100, 0.1 s at 1000, 0.9 s at 10^4), a step costs about
+# a + b N with a / b = 37 (N 100-1000) to 128 (N 1000-10^4); 64 sits between. Not measured
+# with buckets on a GPU yet (benchmarks/skew.py in benchmarks/gpu_check.sh does).
 OVERHEAD = {"cpu": 1.0, "gpu": 64.0, "tpu": 64.0}
 SHUFFLE = 1.0 / 16.0   # shuffling B samples, in steps (local_steps mode only)
 DEFAULT_MAX_BUCKETS = 8
