@@ -31,9 +31,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.min_samples_per_device = 1     # every device gets at least this many samples
 
     # Model.
-    c.model = "mlp"                  # mlp | cnn
+    c.model = "mlp"                  # mlp | cnn | lenet_gn | resnet20 | resnet18 | vgg11
     c.hidden_sizes = (200, 200)      # hidden dense widths: the MLP's (784-200-200-10) and the
     #                                  CNN's head after its two conv+pool layers (3136-200-200-10)
+    c.width_multiplier = 1.0         # scales every hidden width (conv channels, hidden dense
+    #                                  layers; not the logits) to max(1, round(c * w)); > 0;
+    #                                  1.0 = the published model (docs/models.md)
 
     # Graph and consensus.
     c.topology = "complete"          # complete | cycle | path | star | grid | torus |

@@ -50,6 +50,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check_choice("dataset", c.dataset, data_lib.DATASETS)
     check_choice("partition", c.partition, partition.SCHEMES)
     check_choice("model", c.model, MODELS)
+    check_range("width_multiplier", c.width_multiplier, 0.0, float("inf"), lo_open=True,
+                hi_open=True)
     check_choice("topology", c.topology, graphs.TOPOLOGIES)
     check_choice("mixing", c.mixing, ("auto",) + mixing.SCHEMES)
     check_choice("consensus_backend", c.consensus_backend, BACKENDS)
@@ -199,7 +201,8 @@ def build(c: ml_collections.ConfigDict) -> tuple[simulation.Simulator, data_lib.
     else:
         graph = _graph(c, c.num_devices)
         adj, graph_seed = graphs.sparse_adjacency(graph), graph.graph["seed"]
-    model = make_model(c.model, hidden_sizes=c.hidden_sizes, num_classes=ds.num_classes)
+    model = make_model(c.model, hidden_sizes=c.hidden_sizes, num_classes=ds.num_classes,
+                       width_multiplier=c.width_multiplier)
     uses_graph = algorithms.get(c.algorithm).weights in ("row", "column")
     # fedavg, local and centralized never use the graph: no diameter, no edges in the summary
     diameter = simulation.graph_diameter(adj) if uses_graph else None

@@ -37,8 +37,8 @@ def _error(workdir, **overrides) -> str:
 
 # (overrides, substrings the message must contain: the field and what is allowed)
 CONFIG_CASES = {
-    "unknown dataset": ({"dataset": "cifar10"}, ["dataset='cifar10'", "'mnist'",
-                                                 "'fashion_mnist'"]),
+    "unknown dataset": ({"dataset": "imagenet"}, ["dataset='imagenet'", "'mnist'",
+                                                  "'fashion_mnist'", "'cifar10'"]),
     "unknown partition": ({"partition": "noniid"}, ["partition='noniid'", "'dirichlet'"]),
     "unknown topology": ({"topology": "ring"}, ["topology='ring'", "'cycle'"]),
     "unknown mixing": ({"mixing": "metropolis_hastings"}, ["mixing=", "'metropolis'"]),

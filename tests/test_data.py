@@ -145,7 +145,7 @@ def test_explicit_data_dir_does_not_fall_through(tmp_path, mnist_dir, monkeypatc
 
 
 def test_unknown_dataset():
-    with pytest.raises(ConfigError, match="'mnist', 'fashion_mnist'") as e:
-        load_dataset("cifar10")
+    with pytest.raises(ConfigError, match="'mnist', 'fashion_mnist', 'cifar10', 'cifar100'") as e:
+        load_dataset("imagenet")
     assert "dataset" in str(e.value)
-    assert DATASETS == ("mnist", "fashion_mnist")
+    assert DATASETS == ("mnist", "fashion_mnist", "cifar10", "cifar100")
