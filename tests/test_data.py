@@ -64,6 +64,25 @@ def test_real_mnist(mnist_dir):
     assert not ds.x_train.flags.writeable
 
 
+def test_real_fashion_mnist_from_the_debian_package(monkeypatch, tmp_path):
+    """The Debian package's files (`.ci/run` installs dataset-fashion-mnist) through the lookup,
+    against Fashion-MNIST's published facts: 6000 / 1000 images per class, the first labels,
+    pixel mean 0.2860 and std 0.3530."""
+    folder = data.DEBIAN_DIRS["fashion_mnist"]
+    if not (folder / "train-labels-idx1-ubyte.gz").exists():
+        pytest.skip(f"{folder} absent: apt-get install dataset-fashion-mnist (.ci/run does)")
+    monkeypatch.setenv("P2PL_DATA_DIR", str(tmp_path))       # nothing there: the package is used
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    ds = load_dataset("fashion_mnist")
+    assert ds.source == str(folder)
+    assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_test.shape == (10000, 28, 28, 1)
+    assert np.bincount(ds.y_train).tolist() == [6000] * 10
+    assert np.bincount(ds.y_test).tolist() == [1000] * 10
+    assert ds.y_train[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]
+    assert round(float(ds.x_train.mean()), 3) == 0.286
+    assert round(float(ds.x_train.std()), 3) == 0.353
+
+
 def test_real_mnist_via_env(mnist_dir, monkeypatch):
     monkeypatch.setenv("P2PL_DATA_DIR", str(mnist_dir.parent))
     assert load_dataset("mnist").source == str(mnist_dir.resolve())
