@@ -12,6 +12,8 @@
 #   sweep        python -m benchmarks.sweep, when that file exists
 #   skew         benchmarks.skew at N = 100 and 1000 (padded vs bucketed local phase)
 #   setup_time   benchmarks.setup_time (host set-up by stage)
+#   models       benchmarks.models: resnet20, vgg11, resnet18 at N = 100, full width, B = 32: one
+#                vmapped round vs one model on N x B batches and vs its roofline floor (#13)
 #   algorithms   pytest tests/test_algorithms.py, then benchmarks.compare_algorithms (the reduced
 #                protocol of issue #10; needs MNIST in .gpu_data; set GPU_CHECK_BUDGET_S=600)
 # Logs and JSON go to RESULTS_DIR (default $OUT/gpu_check when $OUT is set, else
@@ -109,6 +111,12 @@ fi
 if [ -f benchmarks/setup_time.py ]; then
     stage setup_time 120 "$PY" -m benchmarks.setup_time --json "$RES/setup_time.json"
 fi
+if [ -f benchmarks/models.py ]; then   # issue #13: vmapped round per model vs large batch, floor
+    # S = 64: 2 local steps of B = 32 per round; the JSON is rewritten after every model.
+    stage models 90 "$PY" -m benchmarks.models --models=resnet20,vgg11,resnet18 --devices=100 \
+        --batch_size=32 --width_multiplier=1 --samples_per_device=64 --repeats=2 \
+        --json "$RES/models.json"
+fi
 if [ -f tests/test_algorithms.py ] && "$PY" -c "import pytest" 2>/dev/null; then
     stage pytest_algorithms 90 "$PY" -m pytest -q -x tests/test_algorithms.py
 fi
@@ -125,7 +133,8 @@ echo "| --- | --- | --- |"
 cat "$RES/stages.txt"
 echo
 shopt -s nullglob
-jsons=("$RES"/round_time.json "$RES"/vs_loop_n8.json "$RES"/vs_loop_n100.json)
+jsons=("$RES"/round_time.json "$RES"/vs_loop_n8.json "$RES"/vs_loop_n100.json
+       "$RES"/models.json)
 existing=()
 for f in "${jsons[@]}"; do [ -f "$f" ] && existing+=("$f"); done
 if (( ${#existing[@]} )); then

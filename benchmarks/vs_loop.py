@@ -50,6 +50,7 @@ import numpy as np
 import optax
 
 from benchmarks import common
+from p2pl_jax import data as data_lib
 from p2pl_jax import rng
 from p2pl_jax.local_update import batch_order
 
@@ -347,7 +348,9 @@ def main(argv=None) -> dict:
 
     outside_ids = sorted({j for js, _ in nbrs for j in js if j >= m})
     offsets, sizes = np.asarray(sim.arrays.offsets), np.asarray(sim.arrays.sizes)
-    x_dev = [sim.arrays.x[offsets[i]:offsets[i] + sizes[i]] for i in range(m)]
+    # the loops train on the images as the model sees them (the simulator decodes per batch)
+    x_dev = [data_lib.decode(np.asarray(sim.arrays.x[offsets[i]:offsets[i] + sizes[i]]),
+                             sim.normalisation) for i in range(m)]
     y_dev = [sim.arrays.y[offsets[i]:offsets[i] + sizes[i]] for i in range(m)]
     scale = n / m
     note = "" if m == n else f" (timed {m} of {n} devices x all steps, x{scale:.3g})"

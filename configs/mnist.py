@@ -89,6 +89,21 @@ def get_config() -> ml_collections.ConfigDict:
     c.learning_rate = 0.05           # eta, SGD learning rate
     c.momentum = 0.9                 # beta (optax.sgd: m <- g + beta m, theta <- theta - eta m)
     c.momentum_after_consensus = "keep"  # keep | reset | mix
+    c.nesterov = False               # Nesterov momentum (optax.sgd nesterov: the step is
+    #                                  g + beta m instead of m)
+    c.weight_decay = 0.0             # coupled L2 (PyTorch SGD's): g <- grad + wd theta; >= 0
+    c.lr_schedule = "constant"       # constant | cosine | step: the learning rate's factor per
+    #                                  round, from the state's round counter (docs: schedules)
+    c.lr_warmup_rounds = 0           # W: linear warm-up (r + 1) / W over rounds 0 .. W - 1,
+    #                                  then the schedule over the remaining rounds
+    c.lr_step_rounds = ()            # lr_schedule=step: rounds where the rate is multiplied by
+    #                                  lr_step_gamma, each in [W, rounds); () = rounds / 2 and
+    #                                  3 rounds / 4
+    c.lr_step_gamma = 0.1            # lr_schedule=step: the factor at each milestone, in (0, 1]
+    c.augment = False                # per-device, per-step random crop (pad 4) and horizontal
+    #                                  flip of every image, drawn from the device's key
+    c.compute_dtype = "float32"      # float32 | bfloat16: the local steps' forward and backward
+    #                                  pass (parameters and optimizer state stay float32)
     c.shard = False                  # split the device axis over all accelerators (mesh)
     c.distributed = False            # with shard: jax.distributed.initialize() (multi-host)
     c.device_block = -1              # local phase layout: -1 auto (2 on CPU, 0 on GPU/TPU);
@@ -118,6 +133,10 @@ def get_config() -> ml_collections.ConfigDict:
     #                                  stops with exit status 3. 0 = only non-finite values
     c.eval_device_chunk = 10         # models evaluated together (memory bound)
     c.eval_example_chunk = 2000      # test examples per chunk (memory bound)
+    c.memory_limit_gb = 0.0          # memory the run may use, GB (1e9 bytes), checked against
+    #                                  XLA's figures for the compiled round and evaluation
+    #                                  before the first round; 0 = the accelerator's (or on CPU
+    #                                  the host's available) memory; < 0 = no check
 
     # Outputs and operation.
     c.checkpoint_every = 10          # checkpoint every this many rounds (and at exit); 0 = at

@@ -49,6 +49,9 @@ def flags_parser(usage: str, *config_flags) -> Callable[[list[str]], list[str]]:
                        else f"bad config override: {text}")
         except Exception as e:  # noqa: BLE001 - the config file itself failed to load
             message = f"cannot load --config: {e}"
+        if "Traceback (most recent call last)" in message:   # config_flags embeds the trace
+            lines = message.strip().splitlines()
+            message = f"{lines[0].rstrip(':')}: {lines[-1]}"
         fail(f"{message}\nUsage: {usage}", EXIT_USER_ERROR)
 
     return parse

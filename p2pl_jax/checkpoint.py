@@ -83,9 +83,13 @@ def _check_meta(meta: dict, step: int) -> None:
 
 
 def fingerprint(config: dict) -> dict:
-    """The config (as a plain dict) minus RESUMABLE_FIELDS, JSON-normalised (tuples -> lists)."""
+    """The config (as a plain dict) minus RESUMABLE_FIELDS, JSON-normalised (tuples -> lists).
+    With a cosine or step learning-rate schedule `rounds` stays in: it is the schedule's
+    horizon, so it shapes the trajectory (schedules.py)."""
+    scheduled = config.get("lr_schedule", "constant") != "constant"
     return json.loads(json.dumps({k: v for k, v in config.items()
-                                  if k not in RESUMABLE_FIELDS}, sort_keys=True))
+                                  if k not in RESUMABLE_FIELDS
+                                  or (k == "rounds" and scheduled)}, sort_keys=True))
 
 
 def check_fingerprint(saved: dict, current: dict, where: str) -> None:
@@ -104,7 +108,7 @@ def check_fingerprint(saved: dict, current: dict, where: str) -> None:
             + "\n".join(f"  - {d}" for d in diffs)
             + "\nRerun with the checkpoint's values to resume, or use a new --workdir (or delete "
               f"{where}) to start over. Fields that may change on resume: "
-            + ", ".join(RESUMABLE_FIELDS) + ".")
+            + ", ".join(RESUMABLE_FIELDS) + " (rounds not with lr_schedule=cosine or step).")
 
 
 def _is_key(leaf) -> bool:

@@ -84,20 +84,48 @@ def make_evaluator(apply_fn: Callable, x_test: jax.Array, y_test: jax.Array, *,
     return Evaluator(evaluate, (xs, ys, ms))
 
 
+def _signature(params) -> tuple:
+    leaves, treedef = jax.tree.flatten(params)
+    return treedef, tuple((tuple(leaf.shape), str(leaf.dtype)) for leaf in leaves)
+
+
 class Evaluator:
-    """`evaluator(params)` -> device metrics; `evaluator.compile(params)` compiles ahead."""
+    """`evaluator(params)` -> device metrics; `evaluator.compile(params)` compiles ahead.
+
+    Parameters of other shapes than those compiled for (a sweep whose groups differ in the
+    number of models) go through the jitted function, which compiles for them on first use."""
 
     def __init__(self, fn: Callable, test_arrays: tuple):
-        self._fn = fn
+        self._jit = self._fn = fn
         self._test = test_arrays
+        self._signature = None
 
     def compile(self, params) -> float:
-        """Compiles for `params`' shapes; returns the compile time in seconds."""
+        """Compiles for `params`' shapes (arrays or jax.ShapeDtypeStruct); returns the compile
+        time in seconds."""
         t0 = time.perf_counter()
-        self._fn = self._fn.lower(params, *self._test).compile()
+        self._fn = self._jit.lower(params, *self._test).compile()
+        self._signature = _signature(params)
         return time.perf_counter() - t0
 
+    def compiled_for(self, params) -> bool:
+        """Whether `compile` compiled for `params`' shapes."""
+        return self._signature == _signature(params)
+
+    @property
+    def compiled(self):
+        """The compiled evaluation (jax.stages.Compiled) after `compile`, else None (memory.py
+        reads its memory_analysis)."""
+        return None if self._signature is None else self._fn
+
+    @property
+    def test_arrays(self) -> tuple:
+        """The test set as bound: inputs, labels and mask in chunks (padded)."""
+        return self._test
+
     def __call__(self, params) -> dict:
+        if self._signature is not None and _signature(params) != self._signature:
+            return self._jit(params, *self._test)
         return self._fn(params, *self._test)
 
 

@@ -9,6 +9,8 @@ would have drawn:
   local keys       split(fold_in(round key, LOCAL), N)       data shuffling of device n
   link key         fold_in(round key, LINK)                  link failures of round k
   dropout / graph / delay / burst / compress keys: fold_in(round key, TAG), likewise
+  augment keys     fold_in(fold_in(fold_in(local key, AUGMENT), epoch), batch)
+                                                             crops and flips of one batch
 
 The random bits are pinned to JAX's partitionable threefry (`jax_threefry_partitionable`,
 JAX's default since 0.5): element i of a draw depends only on the key and i, so
@@ -22,6 +24,9 @@ import jax
 jax.config.update("jax_threefry_partitionable", True)
 
 _INIT, _ROUND, _LOCAL, _LINK, _DROP, _GRAPH, _DELAY, _BURST, _COMPRESS = 1, 2, 3, 4, 5, 6, 7, 8, 9
+# A device's local key is also folded with epoch indices 0, 1, ... (its batch orders,
+# local_update.batch_order); the augmentation tag lies above any epoch count.
+_AUGMENT = 2**31 - 1
 
 
 def root_key(seed: int) -> jax.Array:
@@ -72,3 +77,11 @@ def burst_key(key_of_round: jax.Array) -> jax.Array:
 def compress_key(key_of_round: jax.Array) -> jax.Array:
     """The key for the round's randomized compression (random_k, qsgd)."""
     return jax.random.fold_in(key_of_round, _COMPRESS)
+
+
+def augment_key(device_key: jax.Array, epoch: jax.Array, batch: jax.Array) -> jax.Array:
+    """The key of the random crops and flips of one batch (batch `batch` of epoch `epoch` of
+    a device's local phase): a function of the position in the device's own epochs only, so
+    it is the same in a scan of any length (buckets, local_steps)."""
+    k = jax.random.fold_in(jax.random.fold_in(device_key, _AUGMENT), epoch)
+    return jax.random.fold_in(k, batch)

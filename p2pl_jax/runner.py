@@ -25,10 +25,12 @@ from p2pl_jax import (
     compression,
     graphs,
     loop,
+    memory,
     mixing,
     network,
     partition,
     recorder,
+    schedules,
     sharding,
     simulation,
     stages,
@@ -38,6 +40,7 @@ from p2pl_jax import (
 from p2pl_jax import data as data_lib
 from p2pl_jax.consensus import BACKENDS
 from p2pl_jax.errors import ConfigError, check_choice, check_range
+from p2pl_jax.local_update import COMPUTE_DTYPES
 from p2pl_jax.metrics import make_evaluator
 from p2pl_jax.models import MODELS, make_model
 from p2pl_jax.recorder import DivergenceError  # noqa: F401 - experiments.train imports it here
@@ -95,6 +98,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check_range("target_hold_rounds", c.target_hold_rounds, 1, integer=True)
     check_range("eval_device_chunk", c.eval_device_chunk, 1, integer=True)
     check_range("eval_example_chunk", c.eval_example_chunk, 1, integer=True)
+    check_range("memory_limit_gb", c.memory_limit_gb, float("-inf"), float("inf"),
+                lo_open=True, hi_open=True)
     check_range("seed", c.seed, 0, integer=True)
     check_range("device_block", c.device_block, -1, integer=True)
     lb = c.local_buckets
@@ -111,7 +116,45 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if not all(isinstance(h, int) and h >= 1 for h in c.hidden_sizes):
         raise ConfigError(f"hidden_sizes={tuple(c.hidden_sizes)!r} must be positive integers, "
                           "e.g. (200, 200)")
+    _validate_training(c)
     _validate_skew_and_graph(c)
+
+
+def _validate_training(c: ml_collections.ConfigDict) -> None:
+    """The local step's options and the learning-rate schedule."""
+    for field in ("nesterov", "augment"):
+        if not isinstance(c[field], bool):
+            raise ConfigError(f"{field}={c[field]!r} must be a boolean (True or False)")
+    check_range("weight_decay", c.weight_decay, 0.0)
+    check_choice("compute_dtype", c.compute_dtype, tuple(COMPUTE_DTYPES))
+    check_choice("lr_schedule", c.lr_schedule, schedules.SCHEDULES)
+    check_range("lr_warmup_rounds", c.lr_warmup_rounds, 0, integer=True)
+    check_range("lr_step_gamma", c.lr_step_gamma, 0.0, 1.0, lo_open=True)
+    if c.nesterov and c.momentum == 0:
+        raise ConfigError("nesterov=True needs momentum > 0 (Nesterov momentum with beta = 0 "
+                          "is plain SGD); allowed: momentum in (0, 1), or nesterov=False")
+    steps = tuple(c.lr_step_rounds)
+    if c.lr_schedule != "step" and steps:
+        raise ConfigError(f"lr_step_rounds={steps!r} applies to lr_schedule=step only, not "
+                          f"lr_schedule={c.lr_schedule}; allowed: lr_step_rounds=()")
+    ok = all(isinstance(m, int) and not isinstance(m, bool) for m in steps)
+    if not ok or list(steps) != sorted(set(steps)) or any(
+            not c.lr_warmup_rounds <= m < max(c.rounds, 1) for m in steps):
+        raise ConfigError(f"lr_step_rounds={steps!r} must be increasing integers in "
+                          f"[lr_warmup_rounds, rounds) = [{c.lr_warmup_rounds}, {c.rounds}), "
+                          "e.g. (50, 75) for rounds=100; () = rounds / 2 and 3 rounds / 4")
+    if c.lr_schedule != "constant" and c.lr_warmup_rounds >= c.rounds > 0:
+        raise ConfigError(f"lr_warmup_rounds={c.lr_warmup_rounds} leaves no round of "
+                          f"lr_schedule={c.lr_schedule} within rounds={c.rounds}; allowed: "
+                          f"lr_warmup_rounds < rounds")
+
+
+def lr_schedule(c: ml_collections.ConfigDict) -> schedules.LRSchedule:
+    """The config's learning-rate schedule over its `rounds`."""
+    return schedules.LRSchedule(kind=c.lr_schedule, rounds=max(int(c.rounds), 1),
+                                warmup_rounds=int(c.lr_warmup_rounds),
+                                step_rounds=tuple(int(m) for m in c.lr_step_rounds),
+                                step_gamma=float(c.lr_step_gamma))
 
 
 def _validate_skew_and_graph(c: ml_collections.ConfigDict) -> None:
@@ -217,7 +260,8 @@ def build(c: ml_collections.ConfigDict) -> tuple[simulation.Simulator, data_lib.
         local_epochs=c.local_epochs, batch_size=c.batch_size, local_steps=c.local_steps,
         compressor=c.compressor, compress_ratio=c.compress_ratio, qsgd_bits=c.qsgd_bits,
         device_block=resolve_device_block(c.device_block), diameter=diameter,
-        local_buckets=c.local_buckets)
+        local_buckets=c.local_buckets, normalisation=ds.normalisation, nesterov=c.nesterov,
+        augment=c.augment, compute_dtype=c.compute_dtype, lr_schedule=lr_schedule(c))
     if c.shard:
         if c.distributed:   # multi-host (e.g. a TPU pod slice): every host runs this program
             jax.distributed.initialize()
@@ -257,7 +301,8 @@ def hparams(c: ml_collections.ConfigDict) -> simulation.HParams:
     return simulation.make_hparams(
         c.learning_rate, c.momentum, c.link_failure_prob, dropout_prob=c.dropout_prob,
         link_burst_prob=c.link_burst_prob, link_burst_failure_prob=c.link_burst_failure_prob,
-        graph_radius=c.graph_radius, graph_p=c.graph_p, consensus_step=c.consensus_step)
+        graph_radius=c.graph_radius, graph_p=c.graph_p, consensus_step=c.consensus_step,
+        weight_decay=c.weight_decay)
 
 
 def check_workdir(workdir: str, *subdirs: str) -> bool:
@@ -336,7 +381,7 @@ def _run(c: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpoint
 
     t_init = time.perf_counter()
     hp = hparams(c)
-    evaluate = make_evaluator(sim.model.apply, jnp.asarray(ds.x_test),
+    evaluate = make_evaluator(sim.apply, jnp.asarray(ds.x_test),
                               jnp.asarray(ds.y_test, jnp.int32),
                               device_chunk=c.eval_device_chunk,
                               example_chunk=c.eval_example_chunk)
@@ -348,6 +393,13 @@ def _run(c: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpoint
     stages.reached("compile")
     compile_time = sim.compile(state, hp, return_local=c.eval_after_local)
     compile_time += evaluate.compile(sim.eval_params(state))
+    try:   # XLA's figures against the memory the run may use (docs/memory.md), before round 1
+        info["memory"] = memory.check_run(c, sim, evaluate, state)
+    except ConfigError:
+        if restored is None:   # leave what an error during set-up leaves: nothing
+            for name in ("config.json", "partition.json"):
+                os.remove(os.path.join(workdir, name))
+        raise
 
     # A run is the loop's one member; its hooks (evaluation, finite checks, progress, stop
     # requests, checkpoints) are those of a sweep group (p2pl_jax/loop.py).

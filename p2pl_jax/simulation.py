@@ -32,8 +32,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from p2pl_jax import algorithms, buckets, consensus, graphs, mixing, network, rng, sync
+from p2pl_jax import data as data_lib
 from p2pl_jax.local_update import make_local_update, make_optimizer
 from p2pl_jax.models import init_params
+from p2pl_jax.schedules import LRSchedule
 
 ALGORITHMS = algorithms.ALGORITHMS
 MOMENTUM_AFTER_CONSENSUS = ("keep", "reset", "mix")
@@ -75,6 +77,7 @@ class HParams:
     graph_radius: jax.Array = 0.0
     graph_p: jax.Array = 0.0
     consensus_step: jax.Array = 1.0
+    weight_decay: jax.Array = 0.0
 
 
 @flax.struct.dataclass
@@ -132,6 +135,7 @@ class Spec:
     compress_ratio: float = 0.01
     qsgd_bits: int = 4
     buckets: tuple = ()        # buckets.Bucket plan of the local phase; () = one padded scan
+    lr_schedule: LRSchedule = LRSchedule()   # the learning rate's factor per round
 
     @property
     def dynamic(self) -> bool:
@@ -185,7 +189,7 @@ def _per_sender(idx: jax.Array, entries: jax.Array) -> jax.Array:
 
 
 def _local_phase(spec: Spec, local_update: Callable, start, opt_state, corr, arrays: Arrays,
-                 hp: HParams, key: jax.Array):
+                 hp: HParams, key: jax.Array, lr: jax.Array):
     """The vmapped local phase of every device: one padded scan, or one per bucket."""
     n = arrays.sizes.shape[0]
     per_device = (start, opt_state, arrays.offsets, arrays.sizes, rng.local_keys(key, n))
@@ -193,8 +197,8 @@ def _local_phase(spec: Spec, local_update: Callable, start, opt_state, corr, arr
         per_device = per_device + (corr,)
 
     def run(devices, count: int, **sizes):
-        one = lambda a: local_update(*a[:5], hp.learning_rate, hp.momentum, arrays.x,
-                                     arrays.y, *a[5:], **sizes)
+        one = lambda a: local_update(*a[:5], lr, hp.momentum, arrays.x, arrays.y, *a[5:],
+                                     weight_decay=hp.weight_decay, **sizes)
         if spec.device_block and spec.device_block < count:
             # Blocks of devices one after another (vmap inside a block): same maths, but a
             # block's parameters, momentum and gradients stay in cache for the whole epoch.
@@ -225,8 +229,11 @@ def round_step(state: SimState, arrays: Arrays, hp: HParams, *, spec: Spec,
     aux = {} if state.aux is None else state.aux
     start = algo.train_point(state.params, aux)
     corr = algo.correction(aux) if algo.correction is not None else None
+    lr = hp.learning_rate
+    if not spec.lr_schedule.is_constant:
+        lr = lr * spec.lr_schedule.factor(state.round)
     local, opt_state, loss, mean_grad = _local_phase(spec, local_update, start,
-                                                     state.opt_state, corr, arrays, hp, key)
+                                                     state.opt_state, corr, arrays, hp, key, lr)
 
     alive = None
     devices_up = jnp.ones((), jnp.float32)
@@ -278,6 +285,8 @@ def round_step(state: SimState, arrays: Arrays, hp: HParams, *, spec: Spec,
                "params_finite": finite, "messages_sent": jnp.sum(sent) + server,
                "messages_delivered": jnp.sum(delivered) + server,
                "messages_sent_max": jnp.max(sent)}
+    if not spec.lr_schedule.is_constant:
+        metrics["learning_rate"] = lr
     if return_local:
         return new_state, metrics, local
     return new_state, metrics
@@ -427,6 +436,9 @@ class Simulator:
         every device's parameters.
       Faults the algorithm does not take are not compiled (runner.validate refuses them).
       local_epochs, batch_size, local_steps: the local phase (local_steps > 0: T steps).
+      normalisation: the dataset's (mean, std) for data.decode of uint8 images (None: p / 255);
+        nesterov, augment, compute_dtype: the local step's options (local_update.py);
+        lr_schedule: the learning rate's factor per round (schedules.LRSchedule).
       compressor, compress_ratio, qsgd_bits: choco's compression.
       device_block: 0 vmaps the local phase over all devices at once (best on accelerators);
         k > 0 runs blocks of k devices one after another (lax.map), which keeps each block's
@@ -447,8 +459,13 @@ class Simulator:
                  local_epochs: int = 1, batch_size: int = 10, device_block: int = 0,
                  local_steps: int = 0, compressor: str = "none", compress_ratio: float = 0.01,
                  qsgd_bits: int = 4, diameter: int | None | str = "auto",
-                 local_buckets: int = -1):
+                 local_buckets: int = -1, normalisation=None, nesterov: bool = False,
+                 augment: bool = False, compute_dtype: str = "float32",
+                 lr_schedule: LRSchedule | None = None):
         self.model = model
+        # data.decode's (mean, std) as tuples of floats (hashable: part of the compiled step)
+        self.normalisation = (None if normalisation is None else
+                              tuple(tuple(float(v) for v in a) for a in normalisation))
         self.num_devices = n = len(parts)
         self.input_shape = tuple(x.shape[1:])
         rows, offsets, sizes = data_layout(parts)
@@ -509,7 +526,7 @@ class Simulator:
                          max_delay=max_delay, delay_mode=delay_mode,
                          local_steps=int(local_steps), compressor=compressor,
                          compress_ratio=float(compress_ratio), qsgd_bits=int(qsgd_bits),
-                         buckets=self.buckets)
+                         buckets=self.buckets, lr_schedule=lr_schedule or LRSchedule())
         w_dense = w_dense_np if (resolved == "dense" and not dynamic) else np.zeros((1, 1))
         self.arrays = Arrays(
             x=jnp.asarray(x[rows]), y=jnp.asarray(y[rows], jnp.int32),
@@ -524,7 +541,9 @@ class Simulator:
                          local_epochs=local_epochs, local_steps=int(local_steps),
                          min_size=int(sizes.min()) if local_steps else 1,
                          with_correction=algo.correction is not None,
-                         return_mean_grad=algo.needs_mean_grad)
+                         return_mean_grad=algo.needs_mean_grad, nesterov=bool(nesterov),
+                         augment=bool(augment), compute_dtype=compute_dtype,
+                         normalisation=self.normalisation)
         self.local_update = make_local_update(model.apply, **local_key)
         self.round_fn = partial(round_step, spec=self.spec, local_update=self.local_update)
         self._round = jax.jit(self.round_fn, donate_argnums=0)
@@ -538,6 +557,10 @@ class Simulator:
         self._leaf_sizes = None
         # What the compiled local phase depends on (sweeps group replicas by it).
         self.local_update_key = (model, tuple(sorted(local_key.items())))
+
+    def apply(self, variables, x):
+        """The model on stored inputs (data.decode first): what the evaluation calls."""
+        return self.model.apply(variables, data_lib.decode(x, self.normalisation))
 
     @functools.cached_property
     def mixing_matrix(self) -> np.ndarray | None:
@@ -611,6 +634,14 @@ class Simulator:
                 state, self.arrays, hp).compile()
         return time.perf_counter() - t0
 
+    @property
+    def compiled_rounds(self) -> list:
+        """The rounds `compile` compiled (jax.stages.Compiled): the round, then with
+        return_local the round that also returns the local models; [] before. memory.py reads
+        their memory_analysis."""
+        return [f for f in (self._round, self._round_with_local)
+                if isinstance(f, jax.stages.Compiled)]
+
     def eval_params(self, state: SimState):
         """The [N, ...] parameters a device is evaluated with (the algorithm's `eval_params`:
         push-sum evaluates x / w); state.params itself for algorithms that evaluate x."""
@@ -660,7 +691,8 @@ def _jitted_init(**static) -> Callable:
 def make_hparams(learning_rate: float, momentum: float, link_failure_prob: float = 0.0, *,
                  dropout_prob: float = 0.0, link_burst_prob: float = 0.0,
                  link_burst_failure_prob: float = 0.0, graph_radius: float = 0.0,
-                 graph_p: float = 0.0, consensus_step: float = 1.0) -> HParams:
+                 graph_p: float = 0.0, consensus_step: float = 1.0,
+                 weight_decay: float = 0.0) -> HParams:
     """HParams as float32 arrays."""
     f = lambda v: jnp.asarray(v, jnp.float32)
     return HParams(learning_rate=f(learning_rate), momentum=f(momentum),
@@ -668,4 +700,4 @@ def make_hparams(learning_rate: float, momentum: float, link_failure_prob: float
                    link_burst_prob=f(link_burst_prob),
                    link_burst_failure_prob=f(link_burst_failure_prob),
                    graph_radius=f(graph_radius), graph_p=f(graph_p),
-                   consensus_step=f(consensus_step))
+                   consensus_step=f(consensus_step), weight_decay=f(weight_decay))

@@ -39,14 +39,14 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from p2pl_jax import checkpoint, loop, runner, stages, writers
+from p2pl_jax import checkpoint, loop, memory, runner, stages, writers
 from p2pl_jax.errors import ConfigError
 from p2pl_jax.metrics import make_evaluator
 
 # A group's checkpoints: in its first replica's folder (workdir holds only replica folders).
 CHECKPOINT_DIR = "sweep_checkpoints"
 SWEEPABLE = ("seed", "learning_rate", "momentum", "link_failure_prob", "dropout_prob",
-             "mixing", "consensus_step", "algorithm")
+             "mixing", "consensus_step", "algorithm", "weight_decay")
 
 
 _KIND_NAMES = {int: "an integer", float: "a number", str: "a string"}
@@ -191,7 +191,7 @@ def run_sweep(base: ml_collections.ConfigDict, values: dict[str, list], workdir:
     for rep in replicas:
         groups.setdefault(_signature(rep.sim), []).append(rep)
     logging.info("sweep: %d replicas in %d compiled group(s)", len(replicas), len(groups))
-    evaluate = make_evaluator(replicas[0].sim.model.apply, jnp.asarray(ds.x_test),
+    evaluate = make_evaluator(replicas[0].sim.apply, jnp.asarray(ds.x_test),
                               jnp.asarray(ds.y_test, jnp.int32),
                               device_chunk=base.eval_device_chunk,
                               example_chunk=base.eval_example_chunk)
@@ -218,15 +218,19 @@ class _GroupProgram:
     """A sweep group's round: one jitted vmap of the round over the replica axis [S, ...];
     arrays equal in every replica are passed once (in_axes None). See loop.Program."""
 
-    def __init__(self, reps: list[_Replica]):
+    def __init__(self, reps: list[_Replica], evaluate=None):
         self.sims = [r.sim for r in reps]
+        self.evaluate, self._config = evaluate, reps[0].config
+        self._infos = [r.info for r in reps]
         self.arrays, self._axes = _stack_arrays([r.sim.arrays for r in reps])
         self.hp = _stack([runner.hparams(r.config) for r in reps])
         self._with_local = any(r.config.eval_after_local for r in reps)
         self._step = self._step_local = None
 
     def prepare(self, state) -> float:
-        """Compiles the round for `state`'s shapes (only when there are rounds to run)."""
+        """Compiles the round for `state`'s shapes (only when there are rounds to run) and the
+        evaluator for a member's, then checks the memory (memory.check_group: ConfigError when
+        the group does not fit)."""
         t0 = time.perf_counter()
         stages.reached("compile")
 
@@ -238,6 +242,14 @@ class _GroupProgram:
 
         self._step = compiled(False)
         self._step_local = compiled(True) if self._with_local else None
+        if self.evaluate is not None:   # the memory check before round 1 (memory.py)
+            one = jax.eval_shape(lambda st: self.eval_params(st, 0), state)
+            if not self.evaluate.compiled_for(one):
+                self.evaluate.compile(one)
+            figures = memory.check_group(self._config, self.sims, [self._step, self._step_local],
+                                         self.evaluate, state, self.arrays)
+            for info in self._infos:
+                info["memory"] = figures
         return time.perf_counter() - t0
 
     def step(self, state, *, return_local: bool):
@@ -268,7 +280,7 @@ def _run_group(reps: list[_Replica], evaluate, ckpt: checkpoint.Checkpointer,
     for r in reps:   # setup_time_s: the replica's own build + the group's initialisation
         r.info["setup_time_s"] += time.perf_counter() - t_init
     t0 = time.perf_counter()
-    program = _GroupProgram(reps)
+    program = _GroupProgram(reps, evaluate)
     members = [loop.Member(r.name, r.config, r.workdir, r.info,
                            message_bytes=r.sim.message_bytes, loss_limit=r.info["loss_limit"])
                for r in reps]

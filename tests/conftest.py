@@ -19,3 +19,17 @@ def mnist_dir() -> Path:
     if not (folder / "train-labels-idx1-ubyte.gz").exists():
         pytest.skip(f"real MNIST not found at {folder}; set P2PL_DATA_DIR to the shared data dir")
     return folder
+
+
+@pytest.fixture
+def no_data_env(tmp_path, monkeypatch) -> Path:
+    """Points every lookup location of data.load_dataset at empty folders under tmp_path
+    ($P2PL_DATA_DIR -> env/, the cache -> cache/p2pl_jax/, the Debian folder -> debian/; TFDS
+    off); returns tmp_path."""
+    from p2pl_jax import data
+
+    monkeypatch.setenv("P2PL_DATA_DIR", str(tmp_path / "env"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("P2PL_NO_TFDS", "1")
+    monkeypatch.setattr(data, "DEBIAN_DIRS", {"fashion_mnist": tmp_path / "debian"})
+    return tmp_path

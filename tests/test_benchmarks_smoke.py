@@ -80,5 +80,26 @@ def test_skew_quick(bench_env, tmp_path):
     assert lognormal.sum() == 6000 and lognormal.max() > 3 * lognormal.min()
 
 
+def test_models_quick(bench_env, tmp_path):
+    """benchmarks.models (issue #13): the vmapped round, the large-batch model and the floor."""
+    out = _run("benchmarks.models", ["--json", str(tmp_path / "m.json")], bench_env)
+    assert "matmul throughput" in out and "flop check (mlp)" in out
+    res = json.loads((tmp_path / "m.json").read_text())
+    assert res["benchmark"] == "models" and res["matmul"]["flops_per_s"] > 0
+    [r] = res["rows"]
+    assert "error" not in r, r
+    for key in ("model", "params", "n", "batch_size", "steps", "round_s", "single_s",
+                "ratio_to_single", "flops", "bytes", "floor_s", "ratio_to_floor",
+                "gflops_per_s", "compile_s", "peak_bytes", "loop_corrected"):
+        assert key in r, key
+    assert r["model"] == "mlp" and r["steps"] > 1
+    assert 0 < r["floor_s"] < r["round_s"] and r["single_s"] > 0 and r["compile_s"] > 0
+    assert r["peak_bytes"] > 0 and r["flops"] > 0
+    # the loop correction happened where XLA counts a scan once (and kept the scan's loop), and
+    # lands near the analytic matmul count (elementwise ops on top: above 1)
+    assert r["loop_corrected"] == (res["loops_counted_once"] and r["steps"] in r["trip_counts"])
+    assert 0.9 < r["flop_check"]["ratio"] < 1.5
+
+
 def test_gpu_check_script_parses():
     subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_check.sh")], check=True)

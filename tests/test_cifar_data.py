@@ -1,8 +1,5 @@
 """CIFAR-10/100 from the official binary version: decoding, statistics, lookup, refusals, CLI."""
 
-import json
-import os
-import subprocess
 import sys
 import tarfile
 import time
@@ -11,76 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cifar_files import write_archive, write_cifar
 
-from p2pl_jax import data
-from p2pl_jax.data import load_dataset, read_cifar_records
+from p2pl_jax import cifar, data
+from p2pl_jax.data import load_dataset
 from p2pl_jax.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 URL10 = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 URL100 = "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz"
-BATCHES = [f"data_batch_{i}.bin" for i in range(1, 6)]
-
-
-def record_bytes(images: np.ndarray, labels: np.ndarray) -> bytes:
-    """The official format, record by record: label byte(s), then the R, G, B planes row-major.
-
-    images uint8 [n, 32, 32, 3] (HWC); labels [n] or [n, 2] (CIFAR-100: coarse, fine).
-    """
-    labels = labels.reshape(len(images), -1)
-    return b"".join(bytes(lab.astype(np.uint8).tolist())
-                    + b"".join(img[:, :, c].tobytes() for c in range(3))
-                    for img, lab in zip(images.astype(np.uint8), labels))
-
-
-def write_cifar(folder: Path, name: str = "cifar10", n_train: int = 20, n_test: int = 10,
-                seed: int = 0) -> dict:
-    """Writes tiny official-format files into `folder`; returns the arrays written.
-
-    cifar10: 5 batch files of n_train records each; cifar100: one train.bin of 5 n_train.
-    Each channel has its own value range, so a wrong plane order or transpose shows.
-    """
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def images(n):
-        return np.stack([rng.integers(0, 120, (n, 32, 32)), rng.integers(60, 200, (n, 32, 32)),
-                         rng.integers(140, 256, (n, 32, 32))], axis=-1).astype(np.uint8)
-
-    x_train, x_test = images(5 * n_train), images(n_test)
-    if name == "cifar10":
-        y_train, y_test = rng.integers(0, 10, 5 * n_train), rng.integers(0, 10, n_test)
-        for i, f in enumerate(BATCHES):
-            rows = slice(i * n_train, (i + 1) * n_train)
-            (folder / f).write_bytes(record_bytes(x_train[rows], y_train[rows]))
-        (folder / "test_batch.bin").write_bytes(record_bytes(x_test, y_test))
-        (folder / "batches.meta.txt").write_text("airplane\n")   # in the real folder too
-        return dict(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    fine_train, fine_test = rng.integers(0, 100, 5 * n_train), rng.integers(0, 100, n_test)
-    coarse_train, coarse_test = (rng.integers(0, 20, 5 * n_train), rng.integers(0, 20, n_test))
-    (folder / "train.bin").write_bytes(
-        record_bytes(x_train, np.stack([coarse_train, fine_train], 1)))
-    (folder / "test.bin").write_bytes(record_bytes(x_test, np.stack([coarse_test, fine_test], 1)))
-    return dict(x_train=x_train, y_train=fine_train, x_test=x_test, y_test=fine_test,
-                coarse_train=coarse_train)
-
-
-def write_archive(path: Path, name: str = "cifar10", **kw) -> dict:
-    """The official archive layout: the files under cifar-10-batches-bin/ (cifar-100-binary/)."""
-    inner = path.parent / f"_src_{path.name}" / data._CIFAR[name].folder
-    arrays = write_cifar(inner, name, **kw)
-    with tarfile.open(path, "w:gz") as tar:
-        tar.add(inner, arcname=inner.name)
-    return arrays
-
-
-@pytest.fixture
-def no_data_env(tmp_path, monkeypatch):
-    """Points every lookup location at empty folders."""
-    monkeypatch.setenv("P2PL_DATA_DIR", str(tmp_path / "env"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("P2PL_NO_TFDS", "1")
-    return tmp_path
 
 
 def reference_stats(x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -93,8 +29,11 @@ def check_dataset(ds: data.Dataset, arrays: dict, num_classes: int) -> None:
     np.testing.assert_allclose(ds.normalisation[0], mean, rtol=1e-6)
     np.testing.assert_allclose(ds.normalisation[1], std, rtol=1e-6)
     for split in ("train", "test"):
-        x = ds.__getattribute__(f"x_{split}")
-        assert x.shape == (len(arrays[f"y_{split}"]), 32, 32, 3) and x.dtype == np.float32
+        stored = ds.__getattribute__(f"x_{split}")
+        assert stored.shape == (len(arrays[f"y_{split}"]), 32, 32, 3)
+        assert stored.dtype == np.uint8 and np.array_equal(stored, arrays[f"x_{split}"])
+        x = ds.decoded(split)
+        assert x.dtype == np.float32
         # the test split is standardised with the training statistics
         np.testing.assert_allclose(x, (arrays[f"x_{split}"] / 255.0 - mean) / std,
                                    rtol=1e-5, atol=1e-5)
@@ -109,8 +48,9 @@ def test_cifar10_round_trip(tmp_path):
     ds = load_dataset("cifar10", str(tmp_path / "d"))
     check_dataset(ds, arrays, 10)
     assert ds.x_train.shape == (100, 32, 32, 3) and ds.x_test.shape == (10, 32, 32, 3)
-    assert abs(float(ds.x_train.mean())) < 1e-5   # standardised: each channel mean 0, std 1
-    np.testing.assert_allclose(ds.x_train.reshape(-1, 3).std(0), 1.0, rtol=1e-4)
+    x = ds.decoded("train")
+    assert abs(float(x.mean())) < 1e-5   # standardised: each channel mean 0, std 1
+    np.testing.assert_allclose(x.reshape(-1, 3).std(0), 1.0, rtol=1e-4)
     assert ds.source == str((tmp_path / "d").resolve())
     assert load_dataset("cifar10", str(tmp_path / "d")) is ds  # cached in-process
 
@@ -129,17 +69,17 @@ def test_record_layout_bytes():
     green = (255 - np.arange(1024) % 256).astype(np.uint8)
     blue = np.full(1024, 7, np.uint8)
     raw = bytes([3]) + red.tobytes() + green.tobytes() + blue.tobytes()
-    planes, labels = read_cifar_records(raw, "cifar10", "x.bin")
+    planes, labels = cifar.read_records(raw, "cifar10", "x.bin")
     assert labels.tolist() == [3] and planes.shape == (1, 3, 32, 32)
-    ds = data._cifar_dataset(planes, labels, planes, labels, num_classes=10, source="t")
+    ds = cifar.from_planes(planes, labels, planes, labels, num_classes=10, source="t")
     mean, std = ds.normalisation
-    hwc = ds.x_train[0] * std + mean                     # back on the pixel / 255 scale
+    hwc = ds.decoded("train")[0] * std + mean            # back on the pixel / 255 scale
     assert ds.x_train.shape == (1, 32, 32, 3)
     for r, c in [(0, 1), (1, 0), (5, 30), (31, 2)]:
         assert round(float(hwc[r, c, 0]) * 255) == (32 * r + c) % 251
         assert round(float(hwc[r, c, 1]) * 255) == 255 - (32 * r + c) % 256
     assert ds.normalisation[1][2] == 0  # a constant channel: x = 0, not NaN
-    np.testing.assert_allclose(ds.x_train[..., 2], 0.0, atol=1e-6)
+    np.testing.assert_allclose(ds.decoded("train")[..., 2], 0.0, atol=1e-6)
 
 
 LOCATIONS = {  # where the files go -> (data_dir argument or None, relative source path)
@@ -287,27 +227,8 @@ def test_tfds_cifar_standardised(monkeypatch):
     fake = types.SimpleNamespace(load=lambda name, split, batch_size, download: split_arrays[split],
                                  as_numpy=lambda ds: ds)
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
-    ds = data._load_tfds.__wrapped__("cifar100", download=False)
+    ds = data._load_tfds.__wrapped__("cifar100", download=False, build=cifar.from_tfds)
     arrays = {f"{k}_{s}": split_arrays[s][v] for s in ("train", "test")
               for k, v in (("x", "image"), ("y", "label"))}
     check_dataset(ds, arrays, 100)
     assert ds.source == "tfds"
-
-
-def test_cli_runs_on_cifar10(tmp_path):
-    """The real CLI, smoke config with CIFAR-10 (32x32x3) through the MLP: 4 devices, 1 round."""
-    write_cifar(tmp_path / "cifar", n_train=8, n_test=10)
-    env = dict(os.environ, P2PL_NO_TFDS="1")
-    cmd = [sys.executable, "-m", "experiments.train", "--config=configs/smoke.py",
-           f"--workdir={tmp_path / 'run'}", "--config.dataset=cifar10",
-           f"--config.data_dir={tmp_path / 'cifar'}", "--config.samples_per_device=10",
-           "--config.batch_size=5", "--config.rounds=1"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["rounds_run"] == 1
-    records = [json.loads(line)
-               for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in records] == [1]
-    assert all(0.0 <= r["acc_min"] <= r["acc_max"] <= 1.0 and np.isfinite(r["test_loss"])
-               for r in records)

@@ -49,6 +49,8 @@ CASES = {
     "train: range": ("train", [*SMOKE, "--config.num_devices=0"], "num_devices=0"),
     "train: unknown field": ("train", [*SMOKE, "--config.lerning_rate=0.1"], "lerning_rate"),
     "train: unknown value": ("train", [*SMOKE, "--config.topology=ring"], "topology='ring'"),
+    "train: unknown config setting": ("train", ["--config=configs/depth.py:mlp3-complete-none",
+                                                "--workdir={work}"], "is not a setting"),
     "train: combination": ("train", [*SMOKE, "--config.algorithm=choco",
                                      "--config.link_failure_prob=0.3"], "algorithm=choco"),
     "train: tuple field": ("train", [*SMOKE, "--config.partition=skew",

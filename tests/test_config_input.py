@@ -246,3 +246,25 @@ def test_cnn_one_sgd_step_lowers_the_loss():
     before, after, ok = step(jax.random.key(0))
     assert bool(ok.all()) and ok.shape == (8,)   # 2 conv, 1 hidden, 1 output: kernel, bias
     assert float(after) < float(before) - 1e-3, (float(before), float(after))
+
+
+def test_depth_and_cifar_configs_are_valid():
+    """configs/depth.py's 16 settings and configs/cifar10.py pass validation and say what their
+    names say (the depth study, issue #16, runs them)."""
+    from configs import cifar10, depth
+    from p2pl_jax import runner
+
+    assert len(depth.SETTINGS) == 16
+    for name in depth.SETTINGS:
+        c = depth.get_config(name)
+        runner.validate(c)
+        model, graph, sync = name.split("-")
+        layers = {"mlp1": 1, "mlp2": 2, "mlp4": 4, "cnn": 2}[model]
+        assert (c.model, len(c.hidden_sizes), c.sync) == (
+            "cnn" if model == "cnn" else "mlp", layers, sync)
+        assert c.topology == ("complete" if graph == "complete" else "random_geometric")
+    c = cifar10.get_config()
+    runner.validate(c)
+    assert (c.dataset, c.model, c.augment, c.nesterov, c.lr_schedule) == (
+        "cifar10", "resnet20", True, True, "step")
+    assert runner.lr_schedule(c).milestones == (150, 225)

@@ -38,27 +38,18 @@ def write_dataset(folder: Path, n_train=6, n_test=4, sep="-", ext=".gz", seed=0)
     return arrays
 
 
-@pytest.fixture
-def no_data_env(tmp_path, monkeypatch):
-    """Points every lookup location at empty folders."""
-    monkeypatch.setenv("P2PL_DATA_DIR", str(tmp_path / "env"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("P2PL_NO_TFDS", "1")
-    monkeypatch.setattr(data, "DEBIAN_DIRS", {"fashion_mnist": tmp_path / "debian"})
-    return tmp_path
-
-
 def test_real_mnist(mnist_dir):
     ds = load_dataset("mnist", str(mnist_dir))
     assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_test.shape == (10000, 28, 28, 1)
-    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
+    assert ds.x_train.dtype == np.uint8 and ds.y_train.dtype == np.int32   # decoded per batch
     assert ds.y_test.shape == (10000,) and ds.num_classes == 10
-    assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
+    x = ds.decoded("train")
+    assert x.dtype == np.float32 and 0.0 <= x.min() and x.max() == 1.0
     assert np.bincount(ds.y_train).tolist() == TRAIN_COUNTS
     assert np.bincount(ds.y_test).tolist() == TEST_COUNTS
     assert ds.y_train[:5].tolist() == [5, 0, 4, 1, 9]
-    assert round(float(ds.x_train.mean()), 3) == 0.131
-    assert round(float(ds.x_train.std()), 3) == 0.308
+    assert round(float(x.mean()), 3) == 0.131
+    assert round(float(x.std()), 3) == 0.308
     assert load_dataset("mnist", str(mnist_dir)) is ds  # cached in-process
     assert load_dataset("mnist", str(mnist_dir.parent)) is ds  # DIR/<name> also accepted
     assert not ds.x_train.flags.writeable
@@ -79,8 +70,9 @@ def test_real_fashion_mnist_from_the_debian_package(monkeypatch, tmp_path):
     assert np.bincount(ds.y_train).tolist() == [6000] * 10
     assert np.bincount(ds.y_test).tolist() == [1000] * 10
     assert ds.y_train[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]
-    assert round(float(ds.x_train.mean()), 3) == 0.286
-    assert round(float(ds.x_train.std()), 3) == 0.353
+    x = ds.decoded("train")
+    assert round(float(x.mean()), 3) == 0.286
+    assert round(float(x.std()), 3) == 0.353
 
 
 def test_real_mnist_via_env(mnist_dir, monkeypatch):
@@ -96,7 +88,8 @@ def test_idx_round_trip(tmp_path, sep, ext):
     assert np.array_equal(read_idx(tmp_path / "d" / f"train-images{sep}idx3-ubyte{ext}"), a)
     ds = load_dataset("mnist", str(tmp_path / "d"))
     assert ds.x_train.shape == (6, 28, 28, 1) and ds.y_test.shape == (4,)
-    np.testing.assert_allclose(ds.x_train[..., 0], a / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(ds.x_train[..., 0], a)       # stored as read
+    np.testing.assert_allclose(ds.decoded("train")[..., 0], a / 255.0, rtol=1e-6)
     assert ds.y_train.tolist() == arrays["train-labels"].tolist()
 
 

@@ -29,12 +29,13 @@ SWEEPS = {
     "momentum_mixing": ({"momentum": [0.5, 0.9], "mixing": ["data_size", "metropolis"]},
                         {"topology": "path"}),
     "faults": ({"link_failure_prob": [0.0, 0.3], "dropout_prob": [0.0, 0.3, 0.6]}, {}),
-    "choco_step": ({"consensus_step": [0.5, 1.0]}, {"algorithm": "choco", "topology": "path"}),
+    "choco_step": ({"consensus_step": [0.5, 1.0], "weight_decay": [0.0, 0.05]},
+                   {"algorithm": "choco", "topology": "path"}),
     "algorithms": ({"algorithm": ["dpsgd", "push_sum", "gradient_tracking"]},
                    {"topology": "path"}),
 }
 COMPARED = [
-    ("choco_step", {"consensus_step": 0.5}),
+    ("choco_step", {"consensus_step": 0.5, "weight_decay": 0.05}),
     ("algorithms", {"algorithm": "push_sum"}),
     ("seed_lr", {"seed": 0, "learning_rate": 0.05}),
     ("seed_lr", {"seed": 1, "learning_rate": 0.1}),
