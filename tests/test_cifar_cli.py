@@ -1,8 +1,10 @@
 """The CIFAR-10 path end to end through the real CLI (experiments.train), on tiny synthetic files
 in the official binary format (tests/cifar_files.py): the reader, the per-channel normalisation,
 augmentation, weight decay, Nesterov momentum and a cosine schedule on slim resnet20 and vgg11
-(bfloat16) rounds; and the user errors of the CIFAR reader (a pickle-version folder, a truncated
-.bin), which exit with status 2 and one message, no traceback.
+(bfloat16) rounds; a pickle-version folder and a memory need above the limit, which exit with
+status 2 and one message, no traceback (the reader's other errors, truncated and malformed
+files, are tested in-process in test_cifar_data.py; the CLI's exit 2 for them is
+test_cli_errors.py's "corrupt data").
 
 The four runs are separate processes started together when the module's first test asks for
 one (like test_cli_errors.py); each test waits for its own. Compile time dominates the two
@@ -40,7 +42,7 @@ CASES = {
     "vgg11_bf16": ("cifar", ["--config.model=vgg11", "--config.compute_dtype=bfloat16",
                              "--config.samples_per_device=8"]),
     "pickle": ("pickle", ["--config.model=resnet20"]),
-    "truncated": ("truncated", ["--config.model=resnet20"]),
+    "memory": ("cifar", ["--config.model=lenet_gn", "--config.memory_limit_gb=1e-6"]),
 }
 
 
@@ -60,17 +62,13 @@ def _train(workdir: Path, data_dir: Path, *overrides: str) -> subprocess.Complet
 
 def _folders(root: Path) -> dict[str, Path]:
     """The data folders: 100 training images (25 per device) and 16 test images; the pickle
-    version's folder; the same files with data_batch_3.bin cut short."""
-    folders = {"cifar": root / "cifar", "pickle": root / "pickle",
-               "truncated": root / "truncated"}
+    version's folder."""
+    folders = {"cifar": root / "cifar", "pickle": root / "pickle"}
     write_cifar(folders["cifar"], n_train=20, n_test=16)
     pickled = folders["pickle"] / "cifar-10-batches-py"
     pickled.mkdir(parents=True)
     for f in ("batches.meta", "data_batch_1", "data_batch_2", "test_batch"):
         (pickled / f).write_bytes(b"\x80\x04pickle")
-    write_cifar(folders["truncated"], n_train=20, n_test=16)
-    cut = folders["truncated"] / "data_batch_3.bin"
-    cut.write_bytes(cut.read_bytes()[:-100])
     return folders
 
 
@@ -132,10 +130,8 @@ def test_pickle_version_refused(runs):
     assert not (workdir / "metrics.jsonl").exists()
 
 
-def test_truncated_file_named(runs):
-    future, workdir, data_dir = runs["truncated"]
+def test_memory_above_the_limit_is_refused_before_the_first_round(runs):
+    future, workdir, _ = runs["memory"]
     err = _user_error(future.result())
-    path = (data_dir / "data_batch_3.bin").resolve()
-    assert f"{path} is truncated or not a cifar10 binary file" in err, err[-3000:]
-    assert "3073-byte record" in err
-    assert not (workdir / "metrics.jsonl").exists()
+    assert "not enough memory" in err and "Ways out:" in err, err[-3000:]
+    assert not workdir.exists()   # a new workdir, removed as for any set-up error

@@ -151,11 +151,16 @@ CASES = {
 }
 
 
+def _flat(t) -> np.ndarray:
+    return np.concatenate([np.ravel(a) for a in jax.tree.leaves(t)])
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_local_phase_equals_reference(name):
     """uint8 data decoded per batch, crops and flips, weight decay, Nesterov and the schedule:
     every device's parameters after each of 3 rounds equal the per-device reference, and
-    the round reports the learning rate it used."""
+    the round reports the learning rate it used. The crops and flips are really drawn: the
+    reference without augmentation differs (so the equality is not that of two plain runs)."""
     kw = CASES[name]
     x, y, parts = make_uint8_data()
     got, lrs, sim = library_run(x, y, parts, **kw)
@@ -166,16 +171,8 @@ def test_local_phase_equals_reference(name):
         assert_close(got[r], want[r], f"params after round {r + 1}")
         kind, warmup = kw["schedule"]
         assert lrs[r] == pytest.approx(LR * ref_factor(kind, r, ROUNDS, warmup), rel=1e-6)
-
-
-def test_augmentation_changes_the_batches():
-    """The crops and flips are drawn (the reference with augment=False differs), so the
-    equality above is not that of two runs without augmentation."""
-    x, y, parts = make_uint8_data()
-    got, _, _ = library_run(x, y, parts, augment=True, nesterov=False, schedule=("constant", 0))
-    plain = ref_run(x, y, parts, augment=False, nesterov=False, schedule=("constant", 0))
-    leaf = lambda t: np.concatenate([np.ravel(a) for a in jax.tree.leaves(t)])
-    assert np.max(np.abs(leaf(got[0]) - leaf(plain[0]))) > 1e-3
+    plain = ref_run(x, y, parts, **{**kw, "augment": False})
+    assert np.max(np.abs(_flat(got[0]) - _flat(plain[0]))) > 1e-3
 
 
 def test_bfloat16_compute_follows_its_reference():
@@ -186,10 +183,9 @@ def test_bfloat16_compute_follows_its_reference():
     kw = dict(augment=False, nesterov=False, schedule=("constant", 0))
     got, _, _ = library_run(x, y, parts, dtype="bfloat16", **kw)
     assert all(a.dtype == np.float32 for a in jax.tree.leaves(got[-1]))
-    leaf = lambda t: np.concatenate([np.ravel(a) for a in jax.tree.leaves(t)])
-    g = leaf(got[-1])
-    to_bf16 = np.max(np.abs(g - leaf(ref_run(x, y, parts, dtype="bfloat16", **kw)[-1])))
-    to_f32 = np.max(np.abs(g - leaf(ref_run(x, y, parts, **kw)[-1])))
+    g = _flat(got[-1])
+    to_bf16 = np.max(np.abs(g - _flat(ref_run(x, y, parts, dtype="bfloat16", **kw)[-1])))
+    to_f32 = np.max(np.abs(g - _flat(ref_run(x, y, parts, **kw)[-1])))
     assert to_f32 > 1e-3 and to_bf16 < to_f32 / 4, (to_bf16, to_f32)
 
 
@@ -228,7 +224,6 @@ def test_a_scheduled_run_resumes_only_with_its_horizon():
     """With cosine or step, `rounds` is the schedule's horizon: it stays in the checkpoint's
     fingerprint (a resumed run with other rounds is refused); without a schedule it may change."""
     from configs import smoke
-
     from p2pl_jax import checkpoint
 
     c = smoke.get_config().to_dict()
