@@ -65,7 +65,7 @@ from configs import mnist
 from configs import reproduce as spec
 from experiments import cli
 from experiments.cli import EXIT_DIVERGED, EXIT_USER_ERROR
-from p2pl_jax import algorithms, checkpoint, interrupts, plotting
+from p2pl_jax import algorithms, checkpoint, interrupts, plotting, writers
 from p2pl_jax.errors import ConfigError, check_range
 from p2pl_jax.runner import CHECKPOINT_DIR, DivergenceError, run, validate
 
@@ -160,12 +160,7 @@ def check_workdir(workdir: str) -> None:
 # ----------------------------------------------------------------------------- running
 
 
-def _read_json(path: str) -> dict | None:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+_read_json = writers.read_json_or_none
 
 
 def _plan(workdir: str, config: dict, *, report_only: bool = False) -> tuple[str, dict | None]:

@@ -86,6 +86,16 @@ def _csv_text(records: Sequence[dict], header: list[str], with_header: bool = Tr
     return buf.getvalue()
 
 
+def read_json_or_none(path: str) -> dict | None:
+    """A JSON file's object, or None when it is missing or not valid JSON (a run not written
+    yet, or cut short)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def read_jsonl(path: str) -> list[dict]:
     """The records of a metrics.jsonl file."""
     with open(path) as f:
