@@ -192,10 +192,10 @@ def _ways_out(c: ml_collections.ConfigDict, f: dict, *, sweep_replicas: int,
 
 
 def check(c: ml_collections.ConfigDict, figures: dict, *, sweep_replicas: int = 1,
-          device_block: int = 0) -> dict:
+          device_block: int = 0, shards: int = 1) -> dict:
     """Adds the limit to `figures` and raises ConfigError (the figures, the limit, the ways out)
-    when the estimated peak exceeds it; returns the figures (for summary.json's `memory`)."""
-    shards = figures.pop("_shards", 1)
+    when the estimated peak exceeds it; returns the figures (for summary.json's `memory`).
+    shards: accelerators the state is spread over (the figures are per shard)."""
     on_cpu = jax.default_backend() == "cpu"
     copies = shards if on_cpu else 1   # CPU shards share the host's memory
     lim, source = limit(float(c.memory_limit_gb), figures["resident_bytes"] * copies)
@@ -238,14 +238,27 @@ def _backfill_copies(c: ml_collections.ConfigDict) -> int:
     return c.eval_every - 1 if c.eval_backfill and c.eval_every > 1 else 0
 
 
+def _analyses(compiled_rounds, evaluate) -> tuple[list[dict], dict] | None:
+    """XLA's analyses of the compiled rounds and evaluator, or None if any is missing."""
+    rounds = [analysis(r) for r in compiled_rounds if r is not None]
+    evaluation = analysis(evaluate.compiled)
+    if not rounds or None in rounds or evaluation is None:
+        return None
+    return rounds, evaluation
+
+
+def _no_analysis() -> dict:
+    return _skip("XLA gives no memory_analysis for the compiled programs on "
+                 f"{jax.default_backend()}")
+
+
 def check_run(c: ml_collections.ConfigDict, sim, evaluate, state) -> dict:
     """The check for a run: `sim` and `evaluate` compiled (Simulator.compile, Evaluator.compile)
     for `state`. Returns summary.json's `memory` entry; ConfigError when it does not fit."""
-    rounds = [analysis(r) for r in sim.compiled_rounds]
-    evaluation = analysis(evaluate.compiled)
-    if not rounds or None in rounds or evaluation is None:
-        return _skip("XLA gives no memory_analysis for the compiled programs on "
-                     f"{jax.default_backend()}")
+    found = _analyses(sim.compiled_rounds, evaluate)
+    if found is None:
+        return _no_analysis()
+    rounds, evaluation = found
     params = tree_bytes(state.params)
     own = sim.algorithm_record.eval_params is identity_params
     figures = estimate(
@@ -254,8 +267,7 @@ def check_run(c: ml_collections.ConfigDict, sim, evaluate, state) -> dict:
         eval_copy_bytes=0 if own else params,
         local_bytes=params if c.eval_after_local else 0,
         backfill_bytes=_backfill_copies(c) * (params + tree_bytes(state.comm)))
-    figures["_shards"] = _shards(state)
-    return check(c, figures, device_block=sim.spec.device_block)
+    return check(c, figures, device_block=sim.spec.device_block, shards=_shards(state))
 
 
 def check_group(c: ml_collections.ConfigDict, sims: list, compiled_rounds: list, evaluate,
@@ -264,11 +276,10 @@ def check_group(c: ml_collections.ConfigDict, sims: list, compiled_rounds: list,
     `state` [S, ...] and `arrays` (every replica counted), `evaluate` compiled for one member.
     Returns the figures (each replica's summary.json `memory`); ConfigError when they do not
     fit."""
-    rounds = [analysis(r) for r in compiled_rounds if r is not None]
-    evaluation = analysis(evaluate.compiled)
-    if not rounds or None in rounds or evaluation is None:
-        return _skip("XLA gives no memory_analysis for the compiled programs on "
-                     f"{jax.default_backend()}")
+    found = _analyses(compiled_rounds, evaluate)
+    if found is None:
+        return _no_analysis()
+    rounds, evaluation = found
     s = len(sims)
     params = tree_bytes(state.params)   # every replica's
     own = all(sim.algorithm_record.eval_params is identity_params
@@ -284,6 +295,6 @@ def check_group(c: ml_collections.ConfigDict, sims: list, compiled_rounds: list,
         local_bytes=params + params // s if c.eval_after_local else 0,
         backfill_bytes=_backfill_copies(c) * (params + tree_bytes(state.comm)),
         extra_data_bytes=extra)
-    figures["_shards"] = _shards(state)
     figures["replicas"] = s
-    return check(c, figures, sweep_replicas=s, device_block=sims[0].spec.device_block)
+    return check(c, figures, sweep_replicas=s, device_block=sims[0].spec.device_block,
+                 shards=_shards(state))
