@@ -42,7 +42,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.topology = "complete"          # complete | cycle | path | star | grid | torus |
     #                                  random_geometric | erdos_renyi | watts_strogatz |
     #                                  barabasi_albert | random_regular | edgelist |
-    #                                  exponential (directed: i -> i + 2^k mod N)
+    #                                  exponential (directed: i -> i + 2^k mod N) |
+    #                                  radio (who hears whom: channel fields below)
     c.graph_radius = 0.2             # random_geometric
     c.graph_p = 0.1                  # erdos_renyi, watts_strogatz (rewiring)
     c.graph_k = 4                    # watts_strogatz
@@ -74,6 +75,35 @@ def get_config() -> ml_collections.ConfigDict:
     c.time_varying = False           # draw a fresh graph each round (random_geometric with
     #                                  graph_radius, or erdos_renyi with graph_p), or cycle the
     #                                  one-peer exponential graph (exponential)
+
+    # Wireless channel and the energy / time bill (docs/wireless.md).
+    c.channel = "ideal"              # ideal (link_failure_prob's Bernoulli links) | wireless
+    #                                  (path loss, shadowing, Rayleigh fading, SNR threshold)
+    c.area_m = 500.0                 # devices uniform in an area_m x area_m square (m);
+    #                                  random_geometric: its points scaled; base station (fedavg)
+    #                                  at the centre
+    c.tx_power_dbm = 0.0             # device transmit power (dBm; 0 dBm = 1 mW, IEEE 802.15.4)
+    c.bs_tx_power_dbm = 30.0         # base-station transmit power (dBm; a small cell)
+    c.noise_density_dbm_hz = -174.0  # thermal noise N0 at 290 K (dBm/Hz)
+    c.bandwidth_hz = 1e6             # B per link (orthogonal channels: no interference)
+    c.path_loss_exponent = 3.0       # gamma of the log-distance path loss (2 = free space)
+    c.path_loss_ref_db = 40.0        # loss at 1 m (dB; free space at 2.4 GHz is 40.0 dB)
+    c.shadowing_std_db = 4.0         # log-normal shadowing sigma (dB), fixed per link for the run
+    c.snr_threshold_db = 5.0         # a message arrives when its SNR is at or above this (dB)
+    c.radio_margin_db = 3.0          # topology=radio: pairs whose mean SNR (no fading) is at
+    #                                  least snr_threshold_db + this are neighbours
+    c.round_deadline_s = 0.0         # a message whose air time exceeds this is lost (with
+    #                                  delay_rounds > 0: arrives up to that many rounds late);
+    #                                  0 = no deadline
+    c.loss_correction = "renormalize"  # renormalize (weights over what arrived) |
+    #                                  inverse_probability (weights / link success probability)
+    c.transmission = "broadcast"     # broadcast (one rateless transmission to all neighbours)
+    #                                  | unicast (a copy per neighbour, concurrently)
+    c.rx_power_w = 0.05              # receiver power while listening (W)
+    c.cpu_freq_hz = 1e9              # f: a device's clock (compute time C / f per sample)
+    c.cpu_cycles_per_sample = 0.0    # C: cycles of one training sample; 0 = XLA's FLOP count of
+    #                                  one forward and backward pass (one FLOP per cycle)
+    c.cpu_kappa = 1e-28              # effective switched capacitance: kappa C f^2 J per sample
 
     # Algorithm and training.
     c.algorithm = "p2pl"             # p2pl | fedavg | local | centralized | dpsgd |

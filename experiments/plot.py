@@ -2,12 +2,14 @@
 consensus distance.
 
   python -m experiments.plot DIR [DIR ...] --out=fig.png [--labels=a,b] [--title=...]
-      [--target=0.97] [--partition_out=partition.png]
+      [--target=0.97] [--partition_out=partition.png] [--x=round|bytes|energy|sim_time]
 
 Each DIR is a run directory written by experiments.train (metrics.jsonl; config.json gives the
 default labels: the config fields that differ between the runs, or the directory names when the
 configs are equal; the title defaults to what the runs share, e.g. "p2pl cycle").
---partition_out also draws the first DIR's partition.json as a heat map.
+--partition_out also draws the first DIR's partition.json as a heat map. --x puts the cumulative
+bytes sent, energy (J) or simulated time (s) on the accuracy panel's x axis instead of the round
+(energy and sim_time: runs with channel=wireless).
 
 Exit status 2, with one message naming the file or flag, for a user error: a bad flag, a missing
 run directory or metrics.jsonl, an empty metrics.jsonl, a malformed line (one that is not the
@@ -27,7 +29,8 @@ from p2pl_jax import plotting
 from p2pl_jax.errors import ConfigError
 
 USAGE = ("python -m experiments.plot DIR [DIR ...] --out=FIG.png [--labels=A,B,...] "
-         "[--title=TITLE] [--target=0.97] [--partition_out=PARTITION.png]")
+         "[--title=TITLE] [--target=0.97] [--partition_out=PARTITION.png] "
+         "[--x=round|bytes|energy|sim_time]")
 
 _OUT = flags.DEFINE_string("out", None, "Output PNG.", required=True)
 _LABELS = flags.DEFINE_list("labels", None, "One label per DIR (default: from config.json).")
@@ -36,6 +39,10 @@ _TARGET = flags.DEFINE_float("target", None, "Draw this target accuracy (default
                              "run's target_accuracy).", lower_bound=0.0, upper_bound=1.0)
 _PARTITION_OUT = flags.DEFINE_string("partition_out", None,
                                      "Also draw the first DIR's partition.json here.")
+
+_X = flags.DEFINE_enum("x", "round", list(plotting.X_AXES),
+                       "The accuracy panel's x axis: round, or the cumulative bytes sent, "
+                       "energy (J) or simulated time (s).")
 
 parse_flags = cli.flags_parser(USAGE)
 
@@ -94,9 +101,12 @@ def main(argv: list[str]) -> None:
         target = runs[0].config.get("target_accuracy")
         if isinstance(target, bool) or not isinstance(target, (int, float)):
             target = None
-    _write("out", _OUT.value, lambda: plotting.plot_runs(
-        [(label, [r]) for label, r in zip(labels, runs)], _OUT.value, title=title,
-        target=target))
+    try:
+        _write("out", _OUT.value, lambda: plotting.plot_runs(
+            [(label, [r]) for label, r in zip(labels, runs)], _OUT.value, title=title,
+            target=target, x=_X.value))
+    except ConfigError as e:   # --x names a metric a run does not record
+        cli.fail(str(e), cli.EXIT_USER_ERROR)
     if _PARTITION_OUT.value is not None:
         try:
             _write("partition_out", _PARTITION_OUT.value,

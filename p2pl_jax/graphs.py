@@ -198,8 +198,11 @@ def make_graph(topology: str, num_devices: int, *, seed: int = 0, radius: float 
     else:  # edgelist
         g = _read_edgelist(edgelist_path, n, directed)
 
+    pos = nx.get_node_attributes(g, "pos") if topology == "random_geometric" else None
     kind = nx.DiGraph if g.is_directed() else nx.Graph
     g = kind(g)  # plain copy, drops node positions and other attributes' views
+    if pos:   # the unit square's points (channel=wireless scales them to the area)
+        g.graph["positions"] = tuple(tuple(float(v) for v in pos[i]) for i in sorted(pos))
     g.remove_edges_from(list(nx.selfloop_edges(g)))
     g = nx.relabel_nodes(g, {old: new for new, old in enumerate(sorted(g.nodes))})
     comps = (nx.number_strongly_connected_components(g) if g.is_directed()

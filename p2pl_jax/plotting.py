@@ -269,17 +269,28 @@ def common_label(configs: Sequence[dict]) -> str | None:
     return _describe(shared, present_only=True)
 
 
-def _pool(runs: Sequence[Run]) -> dict[str, np.ndarray]:
+# --x of experiments.plot: the metric on the accuracy panel's x axis, and its label.
+X_AXES = {"round": ("round", "round"),
+          "bytes": ("bytes_cum", "bytes sent by all devices (cumulative)"),
+          "energy": ("energy_cum_j", "energy of all devices (J, cumulative; channel=wireless)"),
+          "sim_time": ("sim_time_cum_s", "simulated time (s, cumulative; channel=wireless)")}
+
+
+def _pool(runs: Sequence[Run], x: str = "round") -> dict[str, np.ndarray]:
     """Pools seeds on the union of their evaluated rounds: mean of acc_mean and consensus
     distance over the seeds that have the round, min of acc_min, max of acc_max, and
-    acc_min_mean, the mean over seeds of the worst device's accuracy."""
+    acc_min_mean, the mean over seeds of the worst device's accuracy; with `x` another
+    X_AXES metric, "x" is its mean over the seeds at each round."""
     rounds = np.unique(np.concatenate([r.metrics["round"] for r in runs]))
     out = {"round": rounds}
+    x_source = X_AXES[x][0]
+    extra = (("x", x_source, np.nanmean),) if x_source != "round" else ()
     for key, source, reduce in (("acc_mean", "acc_mean", np.nanmean),
                                 ("acc_min", "acc_min", np.nanmin),
                                 ("acc_max", "acc_max", np.nanmax),
                                 ("acc_min_mean", "acc_min", np.nanmean),
-                                ("consensus_distance", "consensus_distance", np.nanmean)):
+                                ("consensus_distance", "consensus_distance", np.nanmean)
+                                ) + extra:
         table = np.full((len(runs), len(rounds)), np.nan)
         for i, r in enumerate(runs):
             if source in r.metrics:
@@ -290,6 +301,8 @@ def _pool(runs: Sequence[Run]) -> dict[str, np.ndarray]:
             if valid.any():
                 col[valid] = reduce(table[:, valid], axis=0)
         out[key] = col
+    if not extra:
+        out["x"] = rounds.astype(np.float64)
     return out
 
 
@@ -334,11 +347,19 @@ MAX_BANDS = 3
 
 def figure_runs(groups: Sequence[tuple[str, Sequence[Run]]], *, title: str | None = None,
                 target: float | None = None, ylim: tuple[float, float] | None = None,
-                bands: bool | None = None) -> matplotlib.figure.Figure:
-    """The figure of `plot_runs` (not saved): axes[0] accuracy, axes[1] consensus distance."""
+                bands: bool | None = None, x: str = "round") -> matplotlib.figure.Figure:
+    """The figure of `plot_runs` (not saved): axes[0] accuracy against `x` (X_AXES),
+    axes[1] consensus distance against the round."""
     if not groups:
         raise ValueError("plot_runs needs at least one group of runs")
-    curves = [(label, _pool(runs), len(runs)) for label, runs in groups]
+    x_source, x_label = X_AXES[x]
+    for _, runs in groups:
+        for run in runs:
+            if x_source not in run.metrics:
+                raise ConfigError(f"--x={x} plots {x_source}, which {run.path}/metrics.jsonl "
+                                  "does not record" + (" (a run with channel=wireless does)"
+                                                       if x in ("energy", "sim_time") else ""))
+    curves = [(label, _pool(runs, x), len(runs)) for label, runs in groups]
     bands = len(curves) <= MAX_BANDS if bands is None else bands
     pooled = any(n > 1 for _, _, n in curves)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -349,16 +370,17 @@ def figure_runs(groups: Sequence[tuple[str, Sequence[Run]]], *, title: str | Non
     handles, keys, plotted, zero_any = [], [], [], False
     for i, (label, c, seeds) in enumerate(curves):
         color = colors[i % len(colors)]
-        r = c["round"]
+        r, xs = c["round"], c["x"]
         worst, mean = c["acc_min_mean"], c["acc_mean"]
-        ok_w, ok_m = ~np.isnan(worst), ~np.isnan(mean)
+        ok_w, ok_m = ~np.isnan(worst) & ~np.isnan(xs), ~np.isnan(mean) & ~np.isnan(xs)
         marker = "o" if ok_w.sum() <= 25 else None
-        ax_acc.plot(r[ok_w], worst[ok_w], color=color, lw=2.0, marker=marker, ms=3.5, zorder=3)
-        ax_acc.plot(r[ok_m], mean[ok_m], color=color, lw=1.1, ls="--", alpha=0.9, zorder=2)
+        ax_acc.plot(xs[ok_w], worst[ok_w], color=color, lw=2.0, marker=marker, ms=3.5,
+                    zorder=3)
+        ax_acc.plot(xs[ok_m], mean[ok_m], color=color, lw=1.1, ls="--", alpha=0.9, zorder=2)
         plotted += [worst[ok_w], mean[ok_m]]
         if bands:
-            band = ~np.isnan(c["acc_min"]) & ~np.isnan(c["acc_max"])
-            ax_acc.fill_between(r[band], c["acc_min"][band], c["acc_max"][band], color=color,
+            band = ~np.isnan(c["acc_min"]) & ~np.isnan(c["acc_max"]) & ~np.isnan(xs)
+            ax_acc.fill_between(xs[band], c["acc_min"][band], c["acc_max"][band], color=color,
                                 alpha=0.10, lw=0, zorder=1)
             plotted += [c["acc_min"][band], c["acc_max"][band]]
         handles.append(matplotlib.lines.Line2D(
@@ -401,9 +423,11 @@ def figure_runs(groups: Sequence[tuple[str, Sequence[Run]]], *, title: str | Non
         if cut:
             ax_acc.text(0.01, 0.01, " and ".join(cut) + " not shown", fontsize=8,
                         transform=ax_acc.transAxes, va="bottom", color="C3")
-    for ax in (ax_acc, ax_cd):
+    for ax in (ax_acc, ax_cd) if x == "round" else (ax_cd,):
         ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         ax.set_xlabel("round")
+    if x != "round":
+        ax_acc.set_xlabel(x_label)
     ax_acc.set_ylabel("test accuracy")
     ax_acc.grid(alpha=0.3)
     ax_cd.set_yscale("log")
@@ -430,7 +454,8 @@ def figure_runs(groups: Sequence[tuple[str, Sequence[Run]]], *, title: str | Non
 
 def plot_runs(groups: Sequence[tuple[str, Sequence[Run]]], out_png: str, *,
               title: str | None = None, target: float | None = None,
-              ylim: tuple[float, float] | None = None, bands: bool | None = None) -> str:
+              ylim: tuple[float, float] | None = None, bands: bool | None = None,
+              x: str = "round") -> str:
     """Accuracy vs round and consensus distance (log), one colour per (label, runs) group; a
     group's runs are seeds of one setting, pooled as in `_pool`.
 
@@ -440,9 +465,10 @@ def plot_runs(groups: Sequence[tuple[str, Sequence[Run]]], out_png: str, *,
     shows every point unless `ylim` is given; points it leaves out are counted on the figure.
     Consensus distance is exactly 0 when all models are identical (complete graph, FedAvg);
     such points cannot be drawn on a log axis and are marked at the bottom edge instead.
-    The legend lies below the panels. Returns out_png.
+    The legend lies below the panels. `x`: the accuracy panel's x axis (X_AXES: round, bytes,
+    energy, sim_time; the last two need channel=wireless runs). Returns out_png.
     """
-    fig = figure_runs(groups, title=title, target=target, ylim=ylim, bands=bands)
+    fig = figure_runs(groups, title=title, target=target, ylim=ylim, bands=bands, x=x)
     _save(fig, out_png)
     return out_png
 

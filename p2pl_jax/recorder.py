@@ -105,11 +105,20 @@ def communication(round_metrics: dict, comm, message_bytes: int) -> dict:
            "bytes_sent_max": int(round_metrics["messages_sent_max"]) * message_bytes,
            "bytes_delivered": int(round_metrics["messages_delivered"]) * message_bytes}
     if comm is not None:
-        sent, got, server = (np.asarray(jax.device_get(comm[k]), np.int64)
+        comm = jax.device_get(comm)
+        sent, got, server = (np.asarray(comm[k], np.int64)
                              for k in ("sent", "delivered", "server"))
+        got_server = np.asarray(comm.get("server_delivered", server), np.int64)
         out.update({"bytes_cum": int(sent.sum() + server) * message_bytes,
                     "bytes_cum_max": int(sent.max(initial=0)) * message_bytes,
-                    "bytes_delivered_cum": int(got.sum() + server) * message_bytes})
+                    "bytes_delivered_cum": int(got.sum() + got_server) * message_bytes})
+        if "energy" in comm:   # channel=wireless: the bill since round 1
+            energy = np.asarray(comm["energy"], np.float64)
+            out.update({"energy_cum_j": float(energy.sum()),
+                        "energy_cum_max_device_j": float(energy.max(initial=0.0)),
+                        "sim_time_cum_s": float(comm["time"]),
+                        "air_time_cum_s": float(comm["air"]),
+                        "energy_station_cum_j": float(comm["station"])})
     return out
 
 
@@ -330,6 +339,13 @@ class Recorder:
             "bytes_total": last.get("bytes_cum"),
             "bytes_to_target": at_target.get("bytes_cum"),
             "bytes_per_device_to_target": at_target.get("bytes_cum_max"),
+            **({"energy_to_target_j": at_target.get("energy_cum_j"),
+                "energy_max_device_to_target_j": at_target.get("energy_cum_max_device_j"),
+                "sim_time_to_target_s": at_target.get("sim_time_cum_s"),
+                "energy_station_to_target_j": at_target.get("energy_station_cum_j"),
+                "energy_total_j": last.get("energy_cum_j"),
+                "sim_time_total_s": last.get("sim_time_cum_s")}
+               if "energy_cum_j" in last else {}),
             "eval_time_s": self.eval_time,
             **extra,
             "backend": jax.default_backend(),

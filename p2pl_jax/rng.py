@@ -8,7 +8,8 @@ would have drawn:
   round key        fold_in(fold_in(root, ROUND), k)          round k = 0, 1, ...
   local keys       split(fold_in(round key, LOCAL), N)       data shuffling of device n
   link key         fold_in(round key, LINK)                  link failures of round k
-  dropout / graph / delay / burst / compress keys: fold_in(round key, TAG), likewise
+  dropout / graph / delay / burst / compress / channel (wireless fading) keys:
+                   fold_in(round key, TAG), likewise
   augment keys     fold_in(fold_in(fold_in(local key, AUGMENT), epoch), batch)
                                                              crops and flips of one batch
 
@@ -24,6 +25,7 @@ import jax
 jax.config.update("jax_threefry_partitionable", True)
 
 _INIT, _ROUND, _LOCAL, _LINK, _DROP, _GRAPH, _DELAY, _BURST, _COMPRESS = 1, 2, 3, 4, 5, 6, 7, 8, 9
+_CHANNEL = 10
 # A device's local key is also folded with epoch indices 0, 1, ... (its batch orders,
 # local_update.batch_order); the augmentation tag lies above any epoch count.
 _AUGMENT = 2**31 - 1
@@ -85,3 +87,8 @@ def augment_key(device_key: jax.Array, epoch: jax.Array, batch: jax.Array) -> ja
     it is the same in a scan of any length (buckets, local_steps)."""
     k = jax.random.fold_in(jax.random.fold_in(device_key, _AUGMENT), epoch)
     return jax.random.fold_in(k, batch)
+
+
+def channel_key(key_of_round: jax.Array) -> jax.Array:
+    """The wireless channel's fading of round k (wireless.py)."""
+    return jax.random.fold_in(key_of_round, _CHANNEL)

@@ -35,6 +35,7 @@ from p2pl_jax import (
     simulation,
     stages,
     sync,
+    wireless,
     writers,
 )
 from p2pl_jax import data as data_lib
@@ -46,6 +47,7 @@ from p2pl_jax.models import MODELS, make_model
 from p2pl_jax.recorder import DivergenceError  # noqa: F401 - experiments.train imports it here
 
 CHECKPOINT_DIR = "checkpoints"
+TOPOLOGIES = graphs.TOPOLOGIES + ("radio",)   # radio: wireless.radio_graph
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
@@ -55,7 +57,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check_choice("model", c.model, MODELS)
     check_range("width_multiplier", c.width_multiplier, 0.0, float("inf"), lo_open=True,
                 hi_open=True)
-    check_choice("topology", c.topology, graphs.TOPOLOGIES)
+    check_choice("topology", c.topology, TOPOLOGIES)
     check_choice("mixing", c.mixing, ("auto",) + mixing.SCHEMES)
     check_choice("consensus_backend", c.consensus_backend, BACKENDS)
     check_choice("sync", c.sync, sync.SYNC_MODES)
@@ -118,6 +120,58 @@ def validate(c: ml_collections.ConfigDict) -> None:
                           "e.g. (200, 200)")
     _validate_training(c)
     _validate_skew_and_graph(c)
+    _validate_channel(c)
+
+
+_RADIO_RANGES = {   # field: (lo, lo_open); every value finite
+    "area_m": (0.0, True), "bandwidth_hz": (0.0, True), "path_loss_exponent": (0.0, True),
+    "shadowing_std_db": (0.0, False), "round_deadline_s": (0.0, False),
+    "rx_power_w": (0.0, False), "cpu_freq_hz": (0.0, True),
+    "cpu_cycles_per_sample": (0.0, False), "cpu_kappa": (0.0, False),
+    "tx_power_dbm": (None, False), "bs_tx_power_dbm": (None, False),
+    "noise_density_dbm_hz": (None, False), "path_loss_ref_db": (None, False),
+    "snr_threshold_db": (None, False), "radio_margin_db": (None, False)}
+
+
+def _validate_channel(c: ml_collections.ConfigDict) -> None:
+    """The channel's fields, and what it cannot be combined with."""
+    check_choice("channel", c.channel, wireless.CHANNELS)
+    check_choice("loss_correction", c.loss_correction, wireless.CORRECTIONS)
+    check_choice("transmission", c.transmission, wireless.TRANSMISSIONS)
+    inf = float("inf")
+    for field, (lo, lo_open) in _RADIO_RANGES.items():
+        check_range(field, c[field], lo, inf, lo_open=lo_open, hi_open=True)
+    if c.channel == "ideal":
+        if c.loss_correction != "renormalize":
+            raise ConfigError(f"loss_correction={c.loss_correction} divides by the success "
+                              "probability of a wireless link; allowed: channel=wireless, or "
+                              "loss_correction=renormalize")
+        return
+    algo = algorithms.get(c.algorithm)
+    if algo.weights == "none":
+        raise ConfigError(f"channel=wireless carries messages, and algorithm={c.algorithm} "
+                          "sends none; allowed: a communicating algorithm, or channel=ideal")
+    for field in ("link_failure_prob", "link_burst_prob"):
+        if c[field] > 0:
+            raise ConfigError(f"{field}={c[field]} draws Bernoulli link failures, and "
+                              f"channel=wireless decides from the link budget which messages "
+                              f"arrive; allowed: {field}=0.0 with channel=wireless, or "
+                              "channel=ideal")
+    if c.time_varying:
+        raise ConfigError("time_varying=True redraws the positions every round (no mobility "
+                          "model), and channel=wireless keeps them and their shadowing for the "
+                          "run; allowed: time_varying=False with channel=wireless")
+    if c.loss_correction == "inverse_probability" and not algo.uses_graph:
+        raise ConfigError(f"loss_correction=inverse_probability re-weights the messages of a "
+                          f"graph, and algorithm={c.algorithm} has none; allowed: "
+                          "loss_correction=renormalize")
+    if c.delay_rounds > 0 and c.round_deadline_s <= 0:
+        raise ConfigError(f"delay_rounds={c.delay_rounds} with channel=wireless delays a message "
+                          "by its air time in round deadlines; allowed: round_deadline_s > 0, or "
+                          "delay_rounds=0")
+    if c.delay_rounds > 0 and c.delay_mode != "fixed":
+        raise ConfigError(f"delay_mode={c.delay_mode} draws the delays, and channel=wireless "
+                          "takes them from the air time; allowed: delay_mode=fixed")
 
 
 def _validate_training(c: ml_collections.ConfigDict) -> None:
@@ -162,15 +216,16 @@ def _validate_skew_and_graph(c: ml_collections.ConfigDict) -> None:
     if not isinstance(c.graph_resample, bool):
         raise ConfigError(f"graph_resample={c.graph_resample!r} must be a boolean (True or "
                           "False)")
-    if c.graph_resample and c.topology not in graphs.RANDOM_TOPOLOGIES:
+    random = graphs.RANDOM_TOPOLOGIES + ("radio",)
+    if c.graph_resample and c.topology not in random:
         raise ConfigError(f"graph_resample=True redraws a random graph until it is connected; "
                           f"topology={c.topology} is not random; allowed: topology="
-                          f"{', '.join(graphs.RANDOM_TOPOLOGIES)}, or graph_resample=False")
+                          f"{', '.join(random)}, or graph_resample=False")
     if c.graph_resample and c.allow_disconnected:
         raise ConfigError("graph_resample=True draws until the graph is connected, "
                           "allow_disconnected=True keeps a disconnected one; allowed: one of "
                           "them")
-    failures = c.link_failure_prob > 0 or c.link_burst_prob > 0
+    failures = c.link_failure_prob > 0 or c.link_burst_prob > 0 or c.channel == "wireless"
     one_way = ("directed=True" if c.directed else
                "topology=exponential" if c.topology in graphs.DIRECTED else
                "link_failure_mode=asymmetric" if failures and c.link_failure_mode == "asymmetric"
@@ -221,6 +276,8 @@ def _graph(c, num_devices: int):
     kw = dict(radius=c.graph_radius, p=c.graph_p, k=c.graph_k, m=c.graph_m,
               degree=c.graph_degree, grid_rows=None if c.graph_rows == -1 else c.graph_rows,
               edgelist_path=c.edgelist_path or None, directed=c.directed)
+    if c.topology == "radio":
+        return _radio_graph(c, num_devices)
     if c.graph_resample:
         g, seed = graphs.resampled_graph(c.topology, num_devices, seed=c.seed, **kw)
     else:
@@ -230,6 +287,58 @@ def _graph(c, num_devices: int):
     return g
 
 
+def radio(c: ml_collections.ConfigDict) -> wireless.Radio:
+    """The config's link budget."""
+    return wireless.Radio(**{f.name: float(c[f.name])
+                             for f in wireless.dataclasses.fields(wireless.Radio)})
+
+
+def _radio_graph(c: ml_collections.ConfigDict, num_devices: int):
+    """topology=radio: who hears whom (wireless.radio_graph), positions and shadowing drawn
+    from the graph seed (with graph_resample the first seed + 1000 k whose graph is connected)."""
+    import networkx as nx
+
+    budget = radio(c)
+    tries = graphs.MAX_RESAMPLES if c.graph_resample else 1
+    for k in range(tries):
+        seed = c.seed + graphs.RESAMPLE_STRIDE * k
+        pos = wireless.positions(num_devices, budget.area_m, seed)
+        adj, shadow = wireless.radio_graph(pos, budget, seed)
+        g = nx.Graph()
+        g.add_nodes_from(range(num_devices))
+        g.add_edges_from(shadow)
+        g.graph.update(seed=seed, positions=pos, shadow=shadow)
+        comps = nx.number_connected_components(g)
+        if comps == 1 or (c.allow_disconnected and not c.graph_resample):
+            return g
+    again = (f"for all {tries} graph seeds seed + {graphs.RESAMPLE_STRIDE} k"
+             if c.graph_resample else "")
+    reach = budget.range_m(budget.snr_threshold_db + budget.radio_margin_db)
+    raise ConfigError(
+        f"topology=radio with num_devices={num_devices} in area_m={budget.area_m} gave a "
+        f"disconnected graph {again}({comps} components; the range without shadowing is "
+        f"{reach:.0f} m at tx_power_dbm={budget.tx_power_dbm}). Try a higher tx_power_dbm, a "
+        f"smaller area_m or radio_margin_db, graph_resample=True, or allow_disconnected=True")
+
+
+def channel_setup(c: ml_collections.ConfigDict, graph) -> wireless.Setup:
+    """channel=wireless: the link budget, the positions (the radio or random geometric graph's,
+    scaled to the area; otherwise uniform from the seed) and the cost model."""
+    budget = radio(c)
+    n = c.num_devices
+    pos = graph.graph.get("positions") if graph is not None else None
+    if pos is None:
+        pos = wireless.positions(n, budget.area_m, c.seed)
+    elif c.topology == "random_geometric":   # the unit square's points
+        pos = np.asarray(pos) * budget.area_m
+    seed = graph.graph.get("seed", c.seed) if graph is not None else c.seed
+    return wireless.Setup(radio=budget, positions=np.asarray(pos), seed=int(seed),
+                          shadow=graph.graph.get("shadow") if graph is not None else None,
+                          transmission=c.transmission, correction=c.loss_correction,
+                          cycles_per_sample=float(c.cpu_cycles_per_sample),
+                          cpu_freq_hz=float(c.cpu_freq_hz), cpu_kappa=float(c.cpu_kappa))
+
+
 def build(c: ml_collections.ConfigDict) -> tuple[simulation.Simulator, data_lib.Dataset, dict]:
     """Data, partition, graph and simulator for a validated config; also host-side info
     (setup_time_s: the seconds this took)."""
@@ -237,6 +346,7 @@ def build(c: ml_collections.ConfigDict) -> tuple[simulation.Simulator, data_lib.
     ds = data_lib.load_dataset(c.dataset, c.data_dir or None)
     parts = _partition(c, ds, c.num_devices)
     stats = partition.partition_stats(ds.y_train, parts, ds.num_classes)
+    graph = None
     if algorithms.get(c.algorithm).pooled_data:   # one model on the union of the data
         parts = [np.concatenate(parts)]
         adj = np.zeros((1, 1), bool)
@@ -261,7 +371,8 @@ def build(c: ml_collections.ConfigDict) -> tuple[simulation.Simulator, data_lib.
         compressor=c.compressor, compress_ratio=c.compress_ratio, qsgd_bits=c.qsgd_bits,
         device_block=resolve_device_block(c.device_block), diameter=diameter,
         local_buckets=c.local_buckets, normalisation=ds.normalisation, nesterov=c.nesterov,
-        augment=c.augment, compute_dtype=c.compute_dtype, lr_schedule=lr_schedule(c))
+        augment=c.augment, compute_dtype=c.compute_dtype, lr_schedule=lr_schedule(c),
+        channel=channel_setup(c, graph) if c.channel == "wireless" else None)
     if c.shard:
         if c.distributed:   # multi-host (e.g. a TPU pod slice): every host runs this program
             jax.distributed.initialize()
@@ -275,12 +386,33 @@ def build(c: ml_collections.ConfigDict) -> tuple[simulation.Simulator, data_lib.
                             **local_phase_info(sim, c),
                             "loss_limit": recorder.loss_limit(c.divergence_loss_factor,
                                                               ds.num_classes)}
+    if sim.spec.link is not None:
+        info["wireless"] = channel_info(sim)
     if sim.mixing_weights is not None:   # dense eigenvalues of the dense W while cheap
         w = (sim.mixing_matrix if sim.num_devices <= mixing.SPECTRUM_DENSE_MAX_N
              else sim.mixing_weights)
         info.update({k: float(v) for k, v in mixing.spectral_info(w).items()})
     info["setup_time_s"] = time.perf_counter() - t_start
     return sim, ds, info
+
+
+def channel_info(sim: simulation.Simulator) -> dict:
+    """summary.json's `wireless`: the link budget's consequences for this run."""
+    link, ch = sim.spec.link, sim.arrays.channel
+    out = {"message_bits": link.bits, "air_time_at_threshold_s": link.t_max,
+           "snr_needed_db": 10 * float(np.log10(link.theta_eff)) if np.isfinite(
+               link.theta_eff) else None,
+           "cycles_per_sample": sim.cycles_per_sample,
+           "compute_s_max": float(np.max(ch["compute_s"])),
+           "compute_j_total": float(np.sum(ch["compute_j"]))}
+    mean = ch["snr"] if "snr" in ch else ch["up"]
+    mean = np.asarray(mean, np.float64)
+    live = mean[mean > 0]
+    q = wireless.success_probability(live, link.theta_eff)
+    out.update(links=int(live.size), link_success_mean=float(q.mean()) if q.size else None,
+               link_success_min=float(q.min()) if q.size else None,
+               mean_snr_db_median=float(np.median(10 * np.log10(live))) if live.size else None)
+    return out
 
 
 def local_phase_info(sim: simulation.Simulator, c: ml_collections.ConfigDict) -> dict:

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 
-from p2pl_jax import algorithms, buckets, consensus, graphs, mixing, network, rng, sync
+from p2pl_jax import algorithms, buckets, consensus, graphs, mixing, network, rng, sync, wireless
 from p2pl_jax import data as data_lib
 from p2pl_jax.local_update import make_local_update, make_optimizer
 from p2pl_jax.models import init_params
@@ -52,7 +52,9 @@ class SimState:
     aux: the algorithm's own state (see algorithms/base.py), e.g. push-sum weights [N].
     comm: cumulative message counters, int32: sent [N] and delivered [N] (per sender) and
       server [] (FedAvg's broadcasts); bytes are these counts times the algorithm's message
-      size (computed on the host, exactly).
+      size (computed on the host, exactly). With channel=wireless also the bill, float32:
+      energy [N] (J per device), time [] (simulated s), air [] (s of transmissions) and
+      station [] (the base station's J, fedavg).
     """
 
     params: Any
@@ -96,6 +98,10 @@ class Arrays:
     entries n <- idx[n, k] that are edges.
     order, position [N] int32 (bucketed local phase only, Spec.buckets): the devices grouped by
     bucket (buckets.plan), and position[n] = where device n is in `order`.
+    channel (channel=wireless only, wireless.py): snr [N, K] the entries' mean SNR (linear),
+    q [N, K] their success probability (loss_correction=inverse_probability), up / down [N]
+    the base-station links' mean SNR (fedavg), compute_j / compute_s [N] a device's local
+    phase energy and time.
     """
 
     x: jax.Array
@@ -111,6 +117,7 @@ class Arrays:
     rev: jax.Array | None = None
     order: jax.Array | None = None
     position: jax.Array | None = None
+    channel: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,11 +143,13 @@ class Spec:
     qsgd_bits: int = 4
     buckets: tuple = ()        # buckets.Bucket plan of the local phase; () = one padded scan
     lr_schedule: LRSchedule = LRSchedule()   # the learning rate's factor per round
+    link: wireless.Link | None = None   # channel=wireless: the link budget (None: ideal)
 
     @property
     def dynamic(self) -> bool:
         """Whether the round's graph (and so its weights) changes from round to round."""
-        return self.link_failures or self.dropouts or bool(self.time_varying)
+        return (self.link_failures or self.dropouts or bool(self.time_varying)
+                or self.link is not None)
 
 
 def _round_graph(spec: Spec, arrays: Arrays, hp: HParams, key: jax.Array,
@@ -252,20 +261,45 @@ def round_step(state: SimState, arrays: Arrays, hp: HParams, *, spec: Spec,
     w = arrays.weights
     zeros = jnp.zeros((n,), jnp.int32)
     sent, delivered, server = zeros, zeros, jnp.zeros((), jnp.int32)
+    online = jnp.ones((n,), bool) if alive is None else alive
+    link, channel, extra = spec.link, arrays.channel, {}
+    delays = uploaded = downloaded = None
     if algo.uses_graph:
         offered, valid_k = arrays.valid, arrays.valid
         if spec.dynamic:
             offered, valid_k = _round_graph(spec, arrays, hp, key, state.round, alive)
-            w = _round_weights(algo.weights, spec.scheme, arrays, offered, valid_k)
+            if link is not None:   # which messages the wireless channel delivers
+                out = wireless.graph_round(rng.channel_key(key), link, channel["snr"],
+                                           arrays.idx, offered, arrays.edge_id,
+                                           spec.num_edges, online, spec.max_delay)
+                valid_k, delays = valid_k & out.arrive, out.delays
+                extra = wireless.bill(link, out.tx_time, out.rx_time, channel["compute_j"],
+                                      channel["compute_s"], online)
+            if link is not None and link.correction == "inverse_probability":
+                w, clipped = wireless.inverse_probability_weights(
+                    algo.weights, arrays.weights, arrays.idx, valid_k, channel["q"])
+                extra["weights_clipped"] = jnp.mean(clipped.astype(jnp.float32))
+            else:
+                w = _round_weights(algo.weights, spec.scheme, arrays, offered, valid_k)
             links_up = network.links_up_fraction(arrays.valid, valid_k)
         sent, delivered = _per_sender(arrays.idx, offered), _per_sender(arrays.idx, valid_k)
     elif algo.weights == "server":   # one upload per online device, one broadcast to each
-        up = jnp.ones((n,), bool) if alive is None else alive
-        sent = delivered = up.astype(jnp.int32)
+        sent = delivered = online.astype(jnp.int32)
         server = jnp.sum(sent)
-    rnd = algorithms.Round(spec=spec, arrays=arrays, hp=hp, key=key, w=w,
-                           alive=jnp.ones((n,), bool) if alive is None else alive,
-                           dynamic=spec.dynamic, history=state.history)
+        if link is not None:   # through the base station's wireless links
+            uploaded, downloaded, tx, rx, station = wireless.station_round(
+                rng.channel_key(key), link, channel["up"], channel["down"], online)
+            delivered = uploaded.astype(jnp.int32)
+            extra = wireless.bill(link, tx, rx, channel["compute_j"], channel["compute_s"],
+                                  online, extra_s=station)
+            extra["station"] = (link.bs_tx_w * station).astype(jnp.float32)
+            links_up = jnp.mean((uploaded & downloaded).astype(jnp.float32))
+    elif link is not None:
+        extra = wireless.bill(link, zeros, zeros, channel["compute_j"], channel["compute_s"],
+                              online)
+    rnd = algorithms.Round(spec=spec, arrays=arrays, hp=hp, key=key, w=w, alive=online,
+                           dynamic=spec.dynamic, history=state.history, delays=delays,
+                           uploaded=uploaded, downloaded=downloaded)
     out = algo.communicate(rnd, state.params,
                            aux, algorithms.LocalResult(start=start, local=local,
                                                        opt_state=opt_state,
@@ -274,8 +308,14 @@ def round_step(state: SimState, arrays: Arrays, hp: HParams, *, spec: Spec,
     history = out[3] if len(out) > 3 else state.history
     comm = state.comm
     if comm is not None:
-        comm = {"sent": comm["sent"] + sent, "delivered": comm["delivered"] + delivered,
+        comm = {**comm, "sent": comm["sent"] + sent, "delivered": comm["delivered"] + delivered,
                 "server": comm["server"] + server}
+        if "energy" in comm:   # the wireless bill, cumulative
+            comm.update(energy=comm["energy"] + extra["energy"],
+                        time=comm["time"] + extra["duration"], air=comm["air"] + extra["air"],
+                        station=comm["station"] + extra.get("station", 0.0),
+                        server_delivered=comm["server_delivered"] + (
+                            server if downloaded is None else jnp.sum(downloaded)))
     new_state = state.replace(params=params, opt_state=opt_state, round=state.round + 1,
                               history=history, aux=aux if state.aux is not None else None,
                               comm=comm)
@@ -287,6 +327,15 @@ def round_step(state: SimState, arrays: Arrays, hp: HParams, *, spec: Spec,
                "messages_sent_max": jnp.max(sent)}
     if not spec.lr_schedule.is_constant:
         metrics["learning_rate"] = lr
+    if extra:
+        metrics.update(energy_j=jnp.sum(extra["energy"]),
+                       energy_max_device_j=jnp.max(extra["energy"]),
+                       sim_time_s=extra["duration"], air_time_s=extra["air"])
+        if "station" in extra:
+            metrics["energy_station_j"] = extra["station"]
+            metrics["messages_delivered"] = jnp.sum(delivered) + jnp.sum(downloaded)
+        if "weights_clipped" in extra:
+            metrics["weights_clipped"] = extra["weights_clipped"]
     if return_local:
         return new_state, metrics, local
     return new_state, metrics
@@ -461,7 +510,8 @@ class Simulator:
                  qsgd_bits: int = 4, diameter: int | None | str = "auto",
                  local_buckets: int = -1, normalisation=None, nesterov: bool = False,
                  augment: bool = False, compute_dtype: str = "float32",
-                 lr_schedule: LRSchedule | None = None):
+                 lr_schedule: LRSchedule | None = None,
+                 channel: wireless.Setup | None = None):
         self.model = model
         # data.decode's (mean, std) as tuples of floats (hashable: part of the compiled step)
         self.normalisation = (None if normalisation is None else
@@ -483,7 +533,7 @@ class Simulator:
         lists = graph_lists(self.adj, time_varying)
         self._sync_lists = (lists.sync_idx, lists.sync_valid)
         pi = sizes / sizes.sum()
-        dynamic = link_failures or dropouts or bool(time_varying)
+        dynamic = link_failures or dropouts or bool(time_varying) or channel is not None
         rev = np.zeros((1, 1), np.int32)
         self.mixing_weights = None   # the static graph's float64 CSR W (graph algorithms)
         self._dense_w_args = (algo.weights, sizes, mixing_scheme)
@@ -527,6 +577,11 @@ class Simulator:
                          local_steps=int(local_steps), compressor=compressor,
                          compress_ratio=float(compress_ratio), qsgd_bits=int(qsgd_bits),
                          buckets=self.buckets, lr_schedule=lr_schedule or LRSchedule())
+        self._leaf_sizes = None
+        tables = None
+        if channel is not None:   # the wireless channel's link budget and the bill's inputs
+            tables = self._channel_tables(channel, lists, sizes, batch_size, local_epochs,
+                                          int(local_steps), link_mode)
         w_dense = w_dense_np if (resolved == "dense" and not dynamic) else np.zeros((1, 1))
         self.arrays = Arrays(
             x=jnp.asarray(x[rows]), y=jnp.asarray(y[rows], jnp.int32),
@@ -536,7 +591,8 @@ class Simulator:
             w_dense=jnp.asarray(w_dense, jnp.float32), pi=jnp.asarray(pi, jnp.float32),
             rev=jnp.asarray(rev),
             order=jnp.asarray(order) if self.buckets else None,
-            position=jnp.asarray(np.argsort(order).astype(np.int32)) if self.buckets else None)
+            position=jnp.asarray(np.argsort(order).astype(np.int32)) if self.buckets else None,
+            channel=tables)
         local_key = dict(max_size=int(sizes.max()), batch_size=batch_size,
                          local_epochs=local_epochs, local_steps=int(local_steps),
                          min_size=int(sizes.min()) if local_steps else 1,
@@ -551,12 +607,47 @@ class Simulator:
                                          donate_argnums=0)
         self._init_static = dict(model=model, input_shape=self.input_shape, num_devices=n,
                                  sync_mode=self.sync_mode, diameter=self.diameter,
-                                 max_delay=self.spec.max_delay, algorithm=algorithm)
+                                 max_delay=self.spec.max_delay, algorithm=algorithm,
+                                 wireless_bill=channel is not None)
         self._sharded_init = None
         self._eval_params = jax.jit(lambda st: algo.eval_params(st.params, st.aux))
-        self._leaf_sizes = None
         # What the compiled local phase depends on (sweeps group replicas by it).
         self.local_update_key = (model, tuple(sorted(local_key.items())))
+
+    def _channel_tables(self, channel: wireless.Setup, lists: GraphLists, sizes: np.ndarray,
+                        batch_size: int, local_epochs: int, local_steps: int,
+                        link_mode: str) -> dict:
+        """Sets spec.link and returns Arrays.channel (see wireless.py): the entries' mean SNR
+        (and success probabilities), or the base-station links', and the local phase's cost."""
+        algo, radio = self.algorithm_record, channel.radio
+        link = wireless.make_link(radio, self.message_bytes, max_delay=self.spec.max_delay,
+                                  transmission=channel.transmission,
+                                  correction=channel.correction,
+                                  reciprocal=link_mode == "symmetric")
+        self.spec = dataclasses.replace(self.spec, link=link)
+        self.positions = np.asarray(channel.positions, np.float64)
+        f32 = lambda a: jnp.asarray(a, jnp.float32)
+        tables = {}
+        if algo.uses_graph:
+            snr, _ = wireless.link_tables(lists.idx, lists.valid, self.positions, radio,
+                                          channel.seed, channel.shadow)
+            wireless.check_budget(snr, link, radio, "link of the graph")
+            tables["snr"] = f32(snr)
+            if channel.correction == "inverse_probability":
+                tables["q"] = f32(wireless.success_probability(snr, link.theta_eff))
+        elif algo.weights == "server":
+            up, down = wireless.station_tables(self.positions, radio, channel.seed)
+            wireless.check_budget(up, link, radio, "uplink to the base station")
+            wireless.check_budget(down, link, radio, "downlink from the base station")
+            tables.update(up=f32(up), down=f32(down))
+        cycles = channel.cycles_per_sample or wireless.training_flops_per_sample(
+            self.model, self.input_shape)
+        self.cycles_per_sample = float(cycles)
+        samples = (np.full(sizes.shape, local_steps * batch_size, np.float64) if local_steps
+                   else local_epochs * sizes.astype(np.float64))
+        tables["compute_s"] = f32(samples * cycles / channel.cpu_freq_hz)
+        tables["compute_j"] = f32(samples * cycles * channel.cpu_kappa * channel.cpu_freq_hz ** 2)
+        return tables
 
     def apply(self, variables, x):
         """The model on stored inputs (data.decode first): what the evaluation calls."""
@@ -657,7 +748,8 @@ class Simulator:
 
 
 def _init_state(root, sync_idx, sync_valid, *, model, input_shape, num_devices, sync_mode,
-                diameter, max_delay, algorithm: str = "p2pl") -> SimState:
+                diameter, max_delay, algorithm: str = "p2pl",
+                wireless_bill: bool = False) -> SimState:
     n = num_devices
     init_one = lambda key: init_params(model, key, input_shape)
     if sync_mode == "shared_seed":
@@ -675,11 +767,20 @@ def _init_state(root, sync_idx, sync_valid, *, model, input_shape, num_devices, 
     if max_delay:   # before round 1 every slot holds the initial parameters
         history = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (max_delay + 1, *leaf.shape)),
                                params)
-    zeros = jnp.zeros((n,), jnp.int32)
     return SimState(params=params, opt_state=opt_state, round=jnp.zeros((), jnp.int32),
                     rng=root, history=history, aux=algorithms.get(algorithm).init(params),
-                    comm={"sent": zeros, "delivered": zeros,
-                          "server": jnp.zeros((), jnp.int32)})
+                    comm=_counters(n, wireless_bill))
+
+
+def _counters(n: int, wireless_bill: bool) -> dict:
+    """SimState.comm before round 1."""
+    zeros = jnp.zeros((n,), jnp.int32)
+    comm = {"sent": zeros, "delivered": zeros, "server": jnp.zeros((), jnp.int32)}
+    if wireless_bill:
+        f0 = jnp.zeros((), jnp.float32)
+        comm.update(energy=jnp.zeros((n,), jnp.float32), time=f0, air=f0, station=f0,
+                    server_delivered=jnp.zeros((), jnp.int32))
+    return comm
 
 
 @functools.lru_cache(maxsize=64)

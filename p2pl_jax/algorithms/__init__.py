@@ -86,13 +86,19 @@ def check_config(c) -> None:
                           + (f": {why}" if why else "")
                           + f"; allowed: auto ({algo.default_scheme}), "
                           + ", ".join(algo.schemes))
-    for fault, setting in requested_faults(c).items():
+    faults = requested_faults(c)
+    if c.get("channel", "ideal") == "wireless" and algo.uses_graph:   # messages may be lost
+        faults.setdefault("link_failures", "channel=wireless")
+        if c.link_failure_mode == "asymmetric":
+            faults["asymmetric"] = "channel=wireless with link_failure_mode=asymmetric"
+    for fault, setting in faults.items():
         if fault not in algo.faults:
             why = algo.why.get(fault) or algo.why.get("graph", "")
             raise ConfigError(
                 f"{setting} does not apply to {shown}" + (f" ({why})" if why else "")
                 + "; allowed: algorithm=" + _accepting(lambda a, f=fault: f in a.faults)
-                + ", or " + _REMEDY.get(fault, f"{setting.split('=')[0]} off"))
+                + ", or " + ("channel=ideal" if setting.startswith("channel=") else
+                             _REMEDY.get(fault, f"{setting.split('=')[0]} off")))
     if c.directed and algo.uses_graph and not algo.directed:
         raise ConfigError(f"directed=True (a directed graph) is not accepted by {shown} "
                           f"({algo.why.get('directed', 'it needs an undirected graph')}); "

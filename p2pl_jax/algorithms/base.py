@@ -70,6 +70,10 @@ class Round:
     alive: bool [N] devices online this round (all True without dropouts).
     history: the delay history (what was sent in the last D + 1 rounds) or None; algorithms
     that accept delays send through `gossip`, which returns the advanced history.
+    delays: with channel=wireless and delay_rounds > 0, each entry's delay from its air time
+    (wireless.graph_round), used by `gossip` instead of delay_mode's draws.
+    uploaded, downloaded: with channel=wireless, which devices' uploads reached the server and
+    which received its broadcast (server algorithms; None otherwise).
     """
 
     spec: Any
@@ -80,6 +84,9 @@ class Round:
     alive: jax.Array
     dynamic: bool
     history: Any = None
+    delays: jax.Array | None = None      # channel=wireless: the air time's delays [N, K]
+    uploaded: jax.Array | None = None    # channel=wireless, server algorithms: bool [N]
+    downloaded: jax.Array | None = None  # whose upload / download of the round arrived
 
     def mix(self, tree):
         """One mixing product W x on a [N, ...] pytree with this round's weights."""
@@ -103,8 +110,10 @@ class Round:
 
         history = jax.tree.map(lambda h, p: jnp.concatenate([p[None], h[:-1]]),
                                history, message)
-        delays = network.sample_delays(rng.delay_key(self.key), self.arrays.idx.shape,
-                                       spec.max_delay, spec.delay_mode)
+        delays = self.delays
+        if delays is None:
+            delays = network.sample_delays(rng.delay_key(self.key), self.arrays.idx.shape,
+                                           spec.max_delay, spec.delay_mode)
         return consensus.mix_delayed(self.arrays.idx, self.w, delays, history, message), history
 
     def momentum(self, opt_state):

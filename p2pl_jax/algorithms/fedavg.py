@@ -3,11 +3,14 @@
 fedavg: every online device trains from the server model; the server averages the online
 devices' models weighted by data size and every device holds the result (an offline one
 receives it when it is next online, before it trains again). Messages: one upload per online
-device and one broadcast to each online device (4 P bytes each).
+device and one broadcast to each online device (4 P bytes each). With channel=wireless the
+uploads and the broadcast go over the base station's links (wireless.station_round): the server
+averages the uploads that arrived, and a device that misses the broadcast keeps its own model.
 local: every device trains on its own data, no communication.
 centralized: `local` with one device holding the union of the data.
 """
 
+import jax
 import jax.numpy as jnp
 
 from p2pl_jax import consensus
@@ -25,7 +28,15 @@ def participation_weights(pi, alive):
 def _fedavg(rnd, params, aux, local):
     pi = rnd.arrays.pi if not rnd.spec.dropouts else participation_weights(rnd.arrays.pi,
                                                                             rnd.alive)
+    if rnd.uploaded is not None:   # wireless: the server averages what reached it
+        pi = participation_weights(rnd.arrays.pi, rnd.uploaded)
     params = consensus.mix_global(pi, local.local)
+    if rnd.downloaded is not None:
+        # A device that missed the broadcast (or every device, when no upload arrived and the
+        # server has nothing new) keeps its own model.
+        got = rnd.downloaded & jnp.any(rnd.uploaded)
+        params = jax.tree.map(lambda avg, own: jnp.where(
+            got.reshape((-1,) + (1,) * (own.ndim - 1)), avg, own), params, local.local)
     opt_state = local.opt_state
     if rnd.spec.momentum_after_consensus == "mix":
         opt_state = consensus.mix_global(pi, opt_state)
