@@ -89,6 +89,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.path_loss_exponent = 3.0       # gamma of the log-distance path loss (2 = free space)
     c.path_loss_ref_db = 40.0        # loss at 1 m (dB; free space at 2.4 GHz is 40.0 dB)
     c.shadowing_std_db = 4.0         # log-normal shadowing sigma (dB), fixed per link for the run
+    c.fading = "rayleigh"            # rayleigh (drawn per link per round) | none (snr = mean)
     c.snr_threshold_db = 5.0         # a message arrives when its SNR is at or above this (dB)
     c.radio_margin_db = 3.0          # topology=radio: pairs whose mean SNR (no fading) is at
     #                                  least snr_threshold_db + this are neighbours

@@ -35,23 +35,16 @@ failed (its log is WORKDIR/<name>.log), the report is still written from what ex
 
 from __future__ import annotations
 
-import datetime
-import json
 import math
 import os
-import platform
 import shlex
-import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Sequence
 
 from absl import app, flags
 
 from configs import mnist
-from experiments import cli
-from p2pl_jax import checkpoint, plotting, writers
+from experiments import cli, studies
+from p2pl_jax import plotting, writers
 from p2pl_jax.errors import ConfigError
 
 DEFAULT_LR = 0.01
@@ -138,99 +131,29 @@ def run_overrides(name: str, rounds: int, seed: int, extra: dict | None = None) 
 
 def requested_config(name: str, rounds: int, seed: int, extra: dict | None = None) -> dict:
     """The full config (plain JSON) the CLI builds from configs/mnist.py and the overrides."""
-    c = mnist.get_config()
-    for key, value in run_overrides(name, rounds, seed, extra).items():
-        c[key] = value
-    return json.loads(json.dumps(c.to_dict()))
+    return studies.requested_config(run_overrides(name, rounds, seed, extra))
 
 
 def cli_command(name: str, run_dir: str, rounds: int, seed: int,
                 extra: dict | None = None) -> list[str]:
-    args = [sys.executable, "-m", "experiments.train", "--config=configs/mnist.py",
-            f"--workdir={run_dir}"]
-    for key, value in run_overrides(name, rounds, seed, extra).items():
-        args.append(f"--config.{key}={value}")
-    return args
+    return studies.cli_command(run_dir, run_overrides(name, rounds, seed, extra))
 
 
 _read_json = writers.read_json_or_none
-
-
-def plan(run_dir: str, config: dict) -> str:
-    """'reuse' (finished, same config), 'run' (no config.json yet, or the same config
-    unfinished: the CLI resumes) or 'fresh' (a run of another config: the directory must be
-    cleared first)."""
-    stored = _read_json(os.path.join(run_dir, "config.json"))
-    if stored is None:
-        return "run"
-    defaults = json.loads(json.dumps(mnist.get_config().to_dict()))
-    stored = {**{k: v for k, v in defaults.items() if k not in stored}, **stored}
-    if checkpoint.fingerprint(stored) != checkpoint.fingerprint(config):
-        return "fresh"
-    summary = _read_json(os.path.join(run_dir, "summary.json"))
-    if (summary is not None and summary.get("status", "completed") == "completed"
-            and summary.get("rounds_run") == config["rounds"]):
-        return "reuse"
-    return "run"
+plan = studies.plan
+machine = studies.machine
 
 
 def run_all(workdir: str, rounds: int, seed: int, jobs: int,
             extra: dict | None = None) -> tuple[dict, dict, list[str]]:
     """Runs (or reuses) every run; returns ({name: the CLI command}, {name: its plan},
     [failed names])."""
-    os.makedirs(workdir, exist_ok=True)
-    commands, plans, pending, failed = {}, {}, [], []
-    for name in RUNS:
-        run_dir = os.path.join(workdir, name)
-        config = requested_config(name, rounds, seed, extra)
-        commands[name] = cli_command(name, run_dir, rounds, seed, extra)
-        what = plans[name] = plan(run_dir, config)
-        print(f"{name}: {what} ({run_dir})", flush=True)
-        if what == "reuse":
-            continue
-        if what == "fresh":
-            shutil.rmtree(run_dir)
-        pending.append(name)
-    running: dict[str, tuple[subprocess.Popen, object]] = {}
-    while pending or running:
-        while pending and len(running) < jobs:
-            name = pending.pop(0)
-            log = open(os.path.join(workdir, f"{name}.log"), "a")
-            print(f"{name}: {shlex.join(commands[name])}", flush=True)
-            running[name] = (subprocess.Popen(commands[name], stdout=log,
-                                              stderr=subprocess.STDOUT), log)
-        time.sleep(2)
-        for name, (proc, log) in list(running.items()):
-            if proc.poll() is not None:
-                log.close()
-                del running[name]
-                print(f"{name}: exit status {proc.returncode}", flush=True)
-                if proc.returncode != 0:
-                    failed.append(name)
-    return commands, plans, failed
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f
-                       if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.platform(),
-            "python": platform.python_version()}
+    return studies.run_all(workdir, {n: run_overrides(n, rounds, seed, extra) for n in RUNS},
+                           jobs)
 
 
 def copy_runs(workdir: str, out: str) -> None:
-    for name in RUNS:
-        src, dst = os.path.join(workdir, name), os.path.join(out, "runs", name)
-        if not os.path.exists(os.path.join(src, "metrics.jsonl")):
-            continue
-        os.makedirs(dst, exist_ok=True)
-        for f in COPIED:
-            if os.path.exists(os.path.join(src, f)):
-                shutil.copyfile(os.path.join(src, f), os.path.join(dst, f))
+    studies.copy_runs(workdir, out, RUNS, COPIED)
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -495,8 +418,7 @@ _PLAN_WORDS = {"reuse": "reused by this command: a finished run of the same conf
                "fresh": "run afresh by this command (the workdir held another config)"}
 
 
-def _strict(obj) -> str:
-    return json.dumps(obj, indent=2, allow_nan=False) + "\n"
+_strict = studies.strict
 
 
 def load_probes(out: str) -> list[dict]:
@@ -730,25 +652,8 @@ def main(argv: list[str]) -> None:
                                           _JOBS.value, extra)
         os.makedirs(out, exist_ok=True)
         copy_runs(workdir, out)
-        old = _read_json(os.path.join(out, "study.json")) or {}
-        study = {**old,
-                 "command": shlex.join(["python", "-m", "experiments.fashion_study",
-                                        *sys.argv[1:]]),
-                 "run_commands": {n: ["python", *c[1:]] for n, c in commands.items()},
-                 "plans": plans,
-                 "machine": machine(),
-                 "date": datetime.datetime.now(datetime.timezone.utc).strftime(
-                     "%Y-%m-%d %H:%M UTC")}
-        with open(os.path.join(out, "study.json"), "w") as f:
-            f.write(_strict(study))
-    try:
-        write_report(out)
-    except (ConfigError, FileNotFoundError) as e:
-        cli.fail(str(e), cli.EXIT_USER_ERROR)
-    print(f"wrote {os.path.join(out, 'README.md')}")
-    if failed:
-        cli.fail(f"runs failed: {', '.join(failed)} (logs: {workdir}/<name>.log)",
-                 cli.EXIT_DIVERGED)
+        studies.write_study(out, "experiments.fashion_study", commands, plans)
+    studies.report_and_exit(out, write_report, failed, workdir)
 
 
 if __name__ == "__main__":

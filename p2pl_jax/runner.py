@@ -138,6 +138,7 @@ def _validate_channel(c: ml_collections.ConfigDict) -> None:
     check_choice("channel", c.channel, wireless.CHANNELS)
     check_choice("loss_correction", c.loss_correction, wireless.CORRECTIONS)
     check_choice("transmission", c.transmission, wireless.TRANSMISSIONS)
+    check_choice("fading", c.fading, wireless.FADINGS)
     inf = float("inf")
     for field, (lo, lo_open) in _RADIO_RANGES.items():
         check_range(field, c[field], lo, inf, lo_open=lo_open, hi_open=True)
@@ -335,6 +336,7 @@ def channel_setup(c: ml_collections.ConfigDict, graph) -> wireless.Setup:
     return wireless.Setup(radio=budget, positions=np.asarray(pos), seed=int(seed),
                           shadow=graph.graph.get("shadow") if graph is not None else None,
                           transmission=c.transmission, correction=c.loss_correction,
+                          fading=c.fading,
                           cycles_per_sample=float(c.cpu_cycles_per_sample),
                           cpu_freq_hz=float(c.cpu_freq_hz), cpu_kappa=float(c.cpu_kappa))
 
@@ -408,7 +410,7 @@ def channel_info(sim: simulation.Simulator) -> dict:
     mean = ch["snr"] if "snr" in ch else ch["up"]
     mean = np.asarray(mean, np.float64)
     live = mean[mean > 0]
-    q = wireless.success_probability(live, link.theta_eff)
+    q = wireless.success_probability(live, link.theta_eff, link.fading)
     out.update(links=int(live.size), link_success_mean=float(q.mean()) if q.size else None,
                link_success_min=float(q.min()) if q.size else None,
                mean_snr_db_median=float(np.median(10 * np.log10(live))) if live.size else None)

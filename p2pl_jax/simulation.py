@@ -623,7 +623,7 @@ class Simulator:
         link = wireless.make_link(radio, self.message_bytes, max_delay=self.spec.max_delay,
                                   transmission=channel.transmission,
                                   correction=channel.correction,
-                                  reciprocal=link_mode == "symmetric")
+                                  reciprocal=link_mode == "symmetric", fading=channel.fading)
         self.spec = dataclasses.replace(self.spec, link=link)
         self.positions = np.asarray(channel.positions, np.float64)
         f32 = lambda a: jnp.asarray(a, jnp.float32)
@@ -634,7 +634,8 @@ class Simulator:
             wireless.check_budget(snr, link, radio, "link of the graph")
             tables["snr"] = f32(snr)
             if channel.correction == "inverse_probability":
-                tables["q"] = f32(wireless.success_probability(snr, link.theta_eff))
+                tables["q"] = f32(wireless.success_probability(snr, link.theta_eff,
+                                                               link.fading))
         elif algo.weights == "server":
             up, down = wireless.station_tables(self.positions, radio, channel.seed)
             wireless.check_budget(up, link, radio, "uplink to the base station")

@@ -11,7 +11,7 @@ whether each message arrives from a link budget, drawn in the jitted round from 
   mean SNR   snr_bar = P g / (N0 B),  g = 10^(-(PL(d) + S) / 10)
   fading     Rayleigh: snr = snr_bar h, h ~ Exp(1), drawn per link per round; one draw per
              undirected link (reciprocal) with link_failure_mode=symmetric, one per direction
-             with asymmetric
+             with asymmetric (fading=none: h = 1)
   air time   t = bits / (B log2(1 + snr))   (the link's Shannon rate at this round's SNR)
   arrival    snr >= theta and t <= T (the round deadline; with delay_rounds = D > 0 a message
              with k T < t <= (k + 1) T, k <= D, arrives k rounds late through the delay buffer)
@@ -51,6 +51,7 @@ from p2pl_jax.errors import ConfigError
 CHANNELS = ("ideal", "wireless")
 CORRECTIONS = ("renormalize", "inverse_probability")
 TRANSMISSIONS = ("broadcast", "unicast")
+FADINGS = ("rayleigh", "none")   # none: snr = snr_bar every round (q is 0 or 1)
 REFERENCE_M = 1.0          # the reference distance of the path loss
 SHADOW_CUTOFF_SIGMAS = 5.0  # the radio graph ignores shadowing gains above this many sigmas
 _POSITIONS_TAG, _SHADOW_TAG, _STATION_TAG = 71, 72, 73
@@ -123,6 +124,7 @@ class Link:
     transmission: str = "broadcast"
     correction: str = "renormalize"
     reciprocal: bool = True
+    fading: str = "rayleigh"
 
     @property
     def t_max(self) -> float:
@@ -151,6 +153,7 @@ class Setup:
     shadow: dict | None = None
     transmission: str = "broadcast"
     correction: str = "renormalize"
+    fading: str = "rayleigh"
     cycles_per_sample: float = 0.0
     cpu_freq_hz: float = 1e9
     cpu_kappa: float = 1e-28
@@ -158,19 +161,23 @@ class Setup:
 
 def make_link(radio: Radio, message_bytes: int, *, max_delay: int = 0,
               transmission: str = "broadcast", correction: str = "renormalize",
-              reciprocal: bool = True) -> Link:
+              reciprocal: bool = True, fading: str = "rayleigh") -> Link:
     deadline = radio.deadline
     return Link(bits=8.0 * message_bytes, bandwidth_hz=radio.bandwidth_hz,
                 threshold=radio.threshold, deadline=deadline,
                 window=deadline * (max_delay + 1), tx_w=float(db_to_linear(radio.tx_power_dbm)
                                                              * 1e-3),
                 rx_w=radio.rx_power_w, bs_tx_w=float(db_to_linear(radio.bs_tx_power_dbm) * 1e-3),
-                transmission=transmission, correction=correction, reciprocal=reciprocal)
+                transmission=transmission, correction=correction, reciprocal=reciprocal,
+                fading=fading)
 
 
-def success_probability(mean_snr, theta_eff: float):
-    """q = exp(-theta_eff / snr_bar): P(snr_bar h >= theta_eff), h ~ Exp(1) (Rayleigh)."""
+def success_probability(mean_snr, theta_eff: float, fading: str = "rayleigh"):
+    """q = exp(-theta_eff / snr_bar): P(snr_bar h >= theta_eff), h ~ Exp(1) (Rayleigh); without
+    fading 1 where snr_bar >= theta_eff, else 0."""
     mean_snr = np.asarray(mean_snr, np.float64)
+    if fading == "none":
+        return (mean_snr >= theta_eff).astype(np.float64)
     with np.errstate(divide="ignore", over="ignore"):
         return np.where(mean_snr > 0, np.exp(-theta_eff / np.where(mean_snr > 0, mean_snr, 1.0)),
                         0.0)
@@ -265,7 +272,7 @@ def check_budget(mean_snr: np.ndarray, link: Link, radio: Radio, what: str) -> N
     if live.size == 0:
         return
     best_db = float(10 * np.log10(live.max()))
-    if success_probability(live.max(), link.theta_eff) > 1e-9:
+    if success_probability(live.max(), link.theta_eff, link.fading) > 1e-9:
         return
     need = 10 * math.log10(link.theta_eff) if link.theta_eff < math.inf else math.inf
     why = (f"snr_threshold_db={radio.snr_threshold_db}" if link.theta_eff == link.threshold
@@ -299,8 +306,11 @@ def training_flops_per_sample(model, input_shape: tuple) -> float:
 # ----------------------------------------------------------------------------- in the round
 
 def _fading(key: jax.Array, shape: tuple, edge_id: jax.Array | None, num_edges: int,
-            reciprocal: bool) -> jax.Array:
-    """h ~ Exp(1) per entry: one draw per undirected edge (reciprocal) or per entry."""
+            reciprocal: bool, fading: str = "rayleigh") -> jax.Array:
+    """h ~ Exp(1) per entry: one draw per undirected edge (reciprocal) or per entry; 1 without
+    fading."""
+    if fading == "none":
+        return jnp.ones(shape, jnp.float32)
     if reciprocal and edge_id is not None:
         return jax.random.exponential(key, (max(num_edges, 1),))[jnp.maximum(edge_id, 0)]
     return jax.random.exponential(key, shape)
@@ -334,7 +344,7 @@ def graph_round(key: jax.Array, link: Link, mean_snr: jax.Array, idx: jax.Array,
     """
     n = idx.shape[0]
     is_self = jnp.arange(idx.shape[1])[None, :] == 0
-    h = _fading(key, idx.shape, edge_id, num_edges, link.reciprocal)
+    h = _fading(key, idx.shape, edge_id, num_edges, link.reciprocal, link.fading)
     snr = mean_snr * h
     t = air_time(link, snr)
     sent = offered & ~is_self
@@ -364,8 +374,9 @@ def station_round(key: jax.Array, link: Link, up_snr: jax.Array, down_snr: jax.A
     """FedAvg's base-station links: (uploaded, downloaded bool [N], tx_time, rx_time [N],
     station air time []). The station broadcasts once (as a device does)."""
     k_up, k_down = jax.random.split(key)
-    h_up = jax.random.exponential(k_up, up_snr.shape)
-    h_down = h_up if link.reciprocal else jax.random.exponential(k_down, down_snr.shape)
+    h_up = _fading(k_up, up_snr.shape, None, 0, False, link.fading)
+    h_down = h_up if link.reciprocal else _fading(k_down, down_snr.shape, None, 0, False,
+                                                  link.fading)
     cap = min(link.t_max, link.deadline)
     t_up = air_time(link, up_snr * h_up)
     uploaded = online & (up_snr * h_up >= link.threshold) & (t_up <= link.deadline)

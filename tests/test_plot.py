@@ -96,6 +96,26 @@ def test_cli(tmp_path):
         [sys.executable, "-m", "experiments.plot", str(a), f"--out={out}", "--labels=x,y"],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--labels" in bad.stderr
+    assert_user_error(plot_cli(a, f"--out={out}", "--x=energy"), "--x=energy", "energy_cum_j",
+                      "channel=wireless")
+
+
+def test_accuracy_against_energy(tmp_path):
+    """--x=energy: the accuracy panel's x values are the records' energy_cum_j (pooled over
+    seeds as the mean at each round), labelled as energy; the consensus panel keeps rounds."""
+    runs = []
+    for seed, scale in ((0, 1.0), (1, 3.0)):
+        d = write_run(tmp_path / f"s{seed}", [1, 2, 3], [0.8, 0.9, 0.95])
+        recs = [json.loads(line) for line in open(d / "metrics.jsonl")]
+        with open(d / "metrics.jsonl", "w") as f:
+            for r in recs:
+                f.write(json.dumps({**r, "energy_cum_j": scale * 10.0 * r["round"]}) + "\n")
+        runs.append(plotting.load_run(str(d)))
+    fig = plotting.figure_runs([("wireless", runs)], x="energy")
+    ax_acc, ax_cd = fig.axes[:2]
+    np.testing.assert_allclose(ax_acc.lines[0].get_xdata(), [20.0, 40.0, 60.0])
+    assert "energy" in ax_acc.get_xlabel() and ax_cd.get_xlabel() == "round"
+    np.testing.assert_allclose(ax_cd.lines[0].get_xdata(), [1, 2, 3])
 
 
 # ----------------------------------------------------------------- issue #11: the CLI contract
