@@ -274,7 +274,7 @@ def round_step(state: SimState, arrays: Arrays, hp: HParams, *, spec: Spec,
                                            spec.num_edges, online, spec.max_delay)
                 valid_k, delays = valid_k & out.arrive, out.delays
                 extra = wireless.bill(link, out.tx_time, out.rx_time, channel["compute_j"],
-                                      channel["compute_s"], online)
+                                      channel["compute_s"], online, busy_time=out.busy_time)
             if link is not None and link.correction == "inverse_probability":
                 w, clipped = wireless.inverse_probability_weights(
                     algo.weights, arrays.weights, arrays.idx, valid_k, channel["q"])

@@ -325,12 +325,15 @@ def air_time(link: Link, snr: jax.Array) -> jax.Array:
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     """One round's channel: arrive bool [N, K] (self column True), delays int32 [N, K] or None,
-    and per device tx_time, rx_time [N] (s, radio on)."""
+    and per device tx_time, rx_time [N] (s, radio on: what energy is billed for) and busy_time
+    [N] (s from its first to its last bit on the air: the round's duration; unicast copies go
+    concurrently, so this is the longest copy, not their sum)."""
 
     arrive: jax.Array
     delays: jax.Array | None
     tx_time: jax.Array
     rx_time: jax.Array
+    busy_time: jax.Array
 
 
 def graph_round(key: jax.Array, link: Link, mean_snr: jax.Array, idx: jax.Array,
@@ -355,18 +358,19 @@ def graph_round(key: jax.Array, link: Link, mean_snr: jax.Array, idx: jax.Array,
         late = jnp.ceil(t / link.deadline) - 1.0
         delays = jnp.where(arrive, jnp.clip(late, 0, max_delay), 0).astype(jnp.int32)
     decode = jnp.minimum(t, min(link.t_max, link.window))
-    if link.transmission == "broadcast":
-        # the sender stops at the last acknowledgement, at t_max or at the window (an offline
-        # receiver never acknowledges)
-        until = jnp.where(heard, decode, jnp.where(sent, min(link.t_max, link.window), 0.0))
-        tx = jnp.zeros((n,), jnp.float32).at[idx].max(until.astype(jnp.float32))
+    # A transmission (the broadcast, or one unicast copy) lasts until its receiver decodes it,
+    # or until t_max or the window: an offline receiver never acknowledges.
+    until = jnp.where(heard, decode, jnp.where(sent, min(link.t_max, link.window), 0.0))
+    until = until.astype(jnp.float32)
+    busy = jnp.zeros((n,), jnp.float32).at[idx].max(until)
+    if link.transmission == "broadcast":   # one transmission: the sender stops at the last
+        tx = busy
         listen = jnp.where(heard, jnp.minimum(decode, tx[idx]), 0.0)
-    else:
-        per_copy = jnp.where(sent, decode, 0.0)
-        tx = jnp.zeros((n,), jnp.float32).at[idx].add(per_copy.astype(jnp.float32))
+    else:   # one copy per neighbour, concurrently: energy for each
+        tx = jnp.zeros((n,), jnp.float32).at[idx].add(until)
         listen = jnp.where(heard, decode, 0.0)
     return Outcome(arrive=arrive | is_self, delays=delays, tx_time=tx,
-                   rx_time=jnp.sum(listen, axis=1))
+                   rx_time=jnp.sum(listen, axis=1), busy_time=busy)
 
 
 def station_round(key: jax.Array, link: Link, up_snr: jax.Array, down_snr: jax.Array,
@@ -407,19 +411,22 @@ def inverse_probability_weights(kind: str, base: jax.Array, idx: jax.Array, arri
         total = jnp.zeros((n,), scaled.dtype).at[idx].add(scaled)
     else:
         total = jnp.sum(scaled, axis=1)
-    shrink = jnp.where(total > 1.0, 1.0 / jnp.where(total > 1.0, total, 1.0), 1.0)
-    own = 1.0 - total * shrink
+    clipped = total > 1.0
+    shrink = jnp.where(clipped, 1.0 / jnp.where(clipped, total, 1.0), 1.0)
+    own = jnp.where(clipped, 0.0, 1.0 - total)
     w = scaled * (shrink[idx] if kind == "column" else shrink[:, None])
-    return jnp.where(is_self, own[:, None], w).astype(jnp.float32), total > 1.0
+    return jnp.where(is_self, own[:, None], w).astype(jnp.float32), clipped
 
 
 def bill(link: Link, tx_time: jax.Array, rx_time: jax.Array, compute_j: jax.Array,
-         compute_s: jax.Array, online: jax.Array, extra_s=0.0) -> dict:
+         compute_s: jax.Array, online: jax.Array, extra_s=0.0,
+         busy_time: jax.Array | None = None) -> dict:
     """The round's energy per device [N] (J) and its simulated duration [] (s): the slowest
-    device's compute plus its air time capped by the deadline, plus `extra_s` (the station's
-    broadcast for fedavg)."""
+    device's compute plus its time on the air (`busy_time`, default tx_time) capped by the
+    deadline, plus `extra_s` (the station's broadcast for fedavg)."""
+    on_air = tx_time if busy_time is None else busy_time
     energy = jnp.where(online, compute_j, 0.0) + link.tx_w * tx_time + link.rx_w * rx_time
-    busy = jnp.where(online, compute_s + jnp.minimum(tx_time, link.deadline), 0.0)
+    busy = jnp.where(online, compute_s + jnp.minimum(on_air, link.deadline), 0.0)
     return {"energy": energy.astype(jnp.float32),
             "duration": (jnp.max(busy) + extra_s).astype(jnp.float32),
             "air": jnp.sum(tx_time).astype(jnp.float32)}
