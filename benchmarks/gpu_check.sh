@@ -16,6 +16,9 @@
 #                vmapped round vs one model on N x B batches and vs its roofline floor (#13)
 #   algorithms   pytest tests/test_algorithms.py, then benchmarks.compare_algorithms (the reduced
 #                protocol of issue #10; needs MNIST in .gpu_data; set GPU_CHECK_BUDGET_S=600)
+#   wireless     pytest tests/test_wireless.py, then experiments.wireless_study at the issue's
+#                target (97%, 60-round cap; needs MNIST in .gpu_data; its report goes to
+#                RESULTS_DIR/wireless and is the full-scale version of docs/wireless_2026-12-02)
 # Logs and JSON go to RESULTS_DIR (default $OUT/gpu_check when $OUT is set, else
 # /tmp/p2pl_gpu_check); a short markdown table is printed last.
 set -uo pipefail
@@ -123,6 +126,11 @@ fi
 if [ -f benchmarks/compare_algorithms.py ]; then
     stage compare_algorithms 300 "$PY" -m benchmarks.compare_algorithms --grid_data=iid \
         --workdir "$RES/compare_algorithms"
+fi
+if [ -f experiments/wireless_study.py ]; then   # issue #14 at the issue's 97% target
+    stage pytest_wireless 60 "$PY" -m pytest -q -x tests/test_wireless.py
+    stage wireless_study 300 "$PY" -m experiments.wireless_study --target=0.97 --rounds=60 --jobs=2 \
+        --workdir "$RES/wireless_runs" --out "$RES/wireless"
 fi
 
 echo

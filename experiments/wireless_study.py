@@ -33,7 +33,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments import cli, studies
-from p2pl_jax import plotting
+from p2pl_jax import plotting, wireless
 from p2pl_jax.errors import ConfigError
 
 DOCS = "docs/wireless_2026-12-02"
@@ -97,6 +97,40 @@ def _mean(values) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+def push_sum_weights(config: dict, graph_seed: int) -> tuple[float, float]:
+    """(min, max) of push-sum's stationary weights w (the Perron vector of the uniform
+    column-stochastic P on the run's radio graph, rebuilt from its config, scaled to sum to N):
+    a device at z = x / w takes steps 1 / w times larger in z than in x."""
+    from configs import mnist
+    from p2pl_jax import runner
+
+    c = mnist.get_config()
+    for k, v in config.items():
+        if k in c:
+            c[k] = v
+    n = int(c.num_devices)
+    adj, _ = wireless.radio_graph(wireless.positions(n, c.area_m, graph_seed), runner.radio(c),
+                                  graph_seed)
+    a = adj.toarray().astype(np.float64)
+    p = (a + np.eye(n)) / (a.sum(axis=1) + 1.0)[None, :]
+    vals, vecs = np.linalg.eig(p)
+    v = np.abs(np.real(vecs[:, np.argmax(np.real(vals))]))
+    v = v / v.sum() * n
+    return float(v.min()), float(v.max())
+
+
+def _worst_fell(m: dict) -> tuple[float, int, int] | None:
+    """(drop, round of the best worst-device accuracy, last round) when the worst device ends
+    more than 10 points below its best evaluated round while the device mean ends higher."""
+    worst, mean, rounds = (list(m.get(k, [])) for k in ("acc_min", "acc_mean", "round"))
+    if len(worst) < 2:
+        return None
+    best = int(np.argmax(worst))
+    if worst[best] - worst[-1] > 0.10 and mean[-1] > mean[best]:
+        return float(worst[best] - worst[-1]), int(rounds[best]), int(rounds[-1])
+    return None
+
+
 def analyse(loaded: dict[str, plotting.Run]) -> dict:
     """One row per run, from its config, summary and metrics."""
     rows = {}
@@ -122,6 +156,14 @@ def analyse(loaded: dict[str, plotting.Run]) -> dict:
             "link_success_mean": wl.get("link_success_mean"),
             "links_up_mean": _mean(m.get("links_up", [])),
             "weights_clipped_mean": _mean(m.get("weights_clipped", [])),
+            "worst_fell": _worst_fell(m),
+            "consensus_distance_first_last": (
+                [float(m["consensus_distance"][0]), float(m["consensus_distance"][-1])]
+                if len(m.get("consensus_distance", [])) else None),
+            "push_sum_weight_range": (push_sum_weights(cfg, summ["graph_seed"])
+                                      if cfg.get("algorithm") == "push_sum"
+                                      and cfg.get("topology") == "radio"
+                                      and summ.get("graph_seed") is not None else None),
             "jax_version": summ.get("jax_version"), "backend": summ.get("backend")}
     return {"rows": rows}
 
@@ -153,7 +195,11 @@ def finding(res: dict, target: float, cap: int) -> list[str]:
                          f"({fastest['sim_time_to_target_s']:.4g} s)")
             text += f"; {len(done)} of {len(p2p)} peer-to-peer runs reached {target:.0%}"
         else:
-            text += f"no peer-to-peer run reached {target:.0%} on every device in {cap} rounds"
+            top = max(p2p.values(), key=lambda r: r["final_acc_min"] or 0.0)
+            text += (f"no peer-to-peer run reached {target:.0%} on every device in {cap} rounds; "
+                     f"the best final worst device is {top['setting']} with "
+                     f"{top['correction']} ({_fmt(top['final_acc_min'], '.4f')}) on a graph of "
+                     f"diameter {_fmt(top['diameter'], 'd')}")
         if fed is not None and fed["energy_to_target_j"] is not None:
             text += (f". FedAvg through the base station: {fed['rounds_to_target']} rounds, "
                      f"{fed['energy_to_target_j']:.4g} J of the devices' energy (the station's "
@@ -184,6 +230,20 @@ def finding(res: dict, target: float, cap: int) -> list[str]:
               < (x[2]["rounds_to_target"] or cap + 1)]
     worse = [x for x in pairs if (x[3]["rounds_to_target"] or cap + 1)
              > (x[2]["rounds_to_target"] or cap + 1)]
+    fell = sorted((r["power_dbm"], r["setting"], r["correction"], r["worst_fell"],
+                   r["consensus_distance_first_last"], r["push_sum_weight_range"])
+                  for r in rows.values() if r["worst_fell"])
+    for p, label, corr, (drop, best, last), cd, wr in fell:
+        text = (f"- {p:g} dBm {label} ({corr}): the worst device fell {100 * drop:.0f} points from "
+                f"round {best} to round {last} while the device mean rose")
+        if cd:
+            text += f"; the consensus distance went from {cd[0]:.3g} to {cd[1]:.3g}"
+        if wr:
+            text += (f". Push-sum's stationary weights on this graph range from {wr[0]:.2f} to "
+                     f"{wr[1]:.2f}: a device at z = x / w steps up to {1 / wr[0]:.1f}x farther "
+                     "in z than its learning rate (SGP applies the step to x). That the "
+                     "low-weight devices overshoot is the likely cause; no run here tests it")
+        out.append(text + ".")
     out.append(f"- Inverse-probability weights took fewer rounds than renormalisation in "
                f"{len(better)} of {len(pairs)} (power, setting) pairs and more in {len(worse)}"
                + (" (" + "; ".join(f"{p:g} dBm {label}: {_fmt(a['rounds_to_target'], 'd')} vs "

@@ -109,11 +109,15 @@ def _stack_arrays(arrays_list):
     """Stacks per-replica Arrays; fields equal in every replica are shared (axis None)."""
     first = arrays_list[0]
     fields, axes = {}, {}
+    def equal(a, b) -> bool:   # a field may be a pytree (Arrays.channel) or None
+        la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+        return (jax.tree.structure(a) == jax.tree.structure(b) and all(
+            x is y or (x.shape == y.shape and bool(jnp.all(x == y))) for x, y in zip(la, lb)))
+
     for f in dataclasses.fields(first):
         vals = [getattr(a, f.name) for a in arrays_list]
-        same = all(v is vals[0] or (v.shape == vals[0].shape and bool(jnp.all(v == vals[0])))
-                   for v in vals[1:])
-        fields[f.name] = vals[0] if same else jnp.stack(vals)
+        same = all(v is vals[0] or equal(v, vals[0]) for v in vals[1:])
+        fields[f.name] = vals[0] if same else jax.tree.map(lambda *xs: jnp.stack(xs), *vals)
         axes[f.name] = None if same else 0
     return type(first)(**fields), type(first)(**axes)
 

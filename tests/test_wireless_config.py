@@ -153,3 +153,25 @@ def test_study_runs_and_report(tmp_path):
     assert "P2PL data_size with renormalize (4 rounds, 100 J" in text
     assert "the base station costs the devices 10x less energy" in text
     assert (out / "README.md").exists() and (out / wireless_study.FIGURE).exists()
+
+
+def test_sweep_stacks_the_channel_tables():
+    """A sweep group shares Arrays fields equal in every replica and stacks the others; the
+    channel tables are a dict (a pytree field), shared when equal, stacked leaf by leaf when
+    not (the bug: the sweep compared a dict's .shape)."""
+    import jax.numpy as jnp
+
+    from p2pl_jax import simulation, sweep
+
+    def arrays(snr):
+        z = jnp.zeros((2, 2))
+        return simulation.Arrays(x=z, y=z, offsets=z, sizes=z, idx=z, valid=z, edge_id=z,
+                                 weights=z, w_dense=z, pi=z,
+                                 channel={"snr": jnp.asarray(snr), "compute_j": jnp.ones(2)})
+
+    stacked, axes = sweep._stack_arrays([arrays([[0.0, 1.0]] * 2)] * 2)
+    assert axes.channel is None and stacked.channel["snr"].shape == (2, 2)
+    stacked, axes = sweep._stack_arrays([arrays([[0.0, 1.0]] * 2), arrays([[0.0, 2.0]] * 2)])
+    assert axes.channel == 0 and axes.x is None
+    assert stacked.channel["snr"].shape == (2, 2, 2)
+    assert stacked.channel["compute_j"].shape == (2, 2)
