@@ -150,6 +150,9 @@ def analyse(loaded: dict[str, plotting.Run]) -> dict:
             "station_energy_to_target_j": summ.get("energy_station_to_target_j"),
             "energy_per_round_j": (summ["energy_total_j"] / rounds
                                    if rounds and summ.get("energy_total_j") else None),
+            "compute_share": (wl["compute_j_total"] / (summ["energy_total_j"] / rounds)
+                              if rounds and summ.get("energy_total_j") and
+                              wl.get("compute_j_total") is not None else None),
             "final_acc_min": summ.get("final_acc_min"),
             "final_acc_mean": summ.get("final_acc_mean"),
             "edges": summ.get("num_edges"), "diameter": summ.get("diameter"),
@@ -230,6 +233,30 @@ def finding(res: dict, target: float, cap: int) -> list[str]:
               < (x[2]["rounds_to_target"] or cap + 1)]
     worse = [x for x in pairs if (x[3]["rounds_to_target"] or cap + 1)
              > (x[2]["rounds_to_target"] or cap + 1)]
+    p2p_done = [r for r in rows.values() if r["setting"] != "FedAvg (base station)"
+                and r["energy_to_target_j"] is not None]
+    if p2p_done:
+        cheap = min(p2p_done, key=lambda r: r["energy_to_target_j"])
+        quick = min(p2p_done, key=lambda r: r["sim_time_to_target_s"])
+        out.append(f"- Over all powers the cheapest peer-to-peer run is {cheap['setting']} with "
+                   f"{cheap['correction']} at {cheap['power_dbm']:g} dBm "
+                   f"({cheap['energy_to_target_j']:.4g} J), the fastest in simulated time "
+                   f"{quick['setting']} with {quick['correction']} at {quick['power_dbm']:g} dBm "
+                   f"({quick['sim_time_to_target_s']:.4g} s).")
+    shares = sorted((r["power_dbm"], r["setting"], r["compute_share"], r["energy_per_round_j"])
+                    for r in rows.values() if r["compute_share"] is not None)
+    if shares:
+        by_power = {}
+        for p, label, share, per_round in shares:
+            kind = "base station" if label.startswith("FedAvg") else "peer-to-peer"
+            by_power.setdefault((p, kind), (share, per_round))
+        out.append("- Where the energy goes: the local phase's compute is "
+                   + "; ".join(f"{100 * share:.1f}% of a {kind} round's {per_round:.3g} J at "
+                               f"{p:g} dBm" for (p, kind), (share, per_round)
+                               in sorted(by_power.items()))
+                   + ". The rest is the radio, mostly listening: a device receives every "
+                   "neighbour's whole model, so a peer-to-peer round costs in proportion to the "
+                   "radio graph's degree, which grows with the power.")
     fell = sorted((r["power_dbm"], r["setting"], r["correction"], r["worst_fell"],
                    r["consensus_distance_first_last"], r["push_sum_weight_range"])
                   for r in rows.values() if r["worst_fell"])
