@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from p2pl_jax import data as data_lib
-from p2pl_jax import graphs, simulation, writers
+from p2pl_jax import graphs, simulation, wireless, writers
 from p2pl_jax.models import MLP
 
 os.environ.setdefault("P2PL_NO_TFDS", "1")   # never wait on TensorFlow Datasets / the network
@@ -272,10 +272,13 @@ def build(n: int, *, samples: int = 600, batch_size: int = 10, local_epochs: int
           backend: str = "dense", topology: str = "random", degree: int = 4,
           device_block: int = -1, data: str = "auto", seed: int = 0,
           hidden_sizes: tuple[int, ...] = (200, 200),
-          xy: tuple[np.ndarray, np.ndarray, str] | None = None) -> Setup:
+          xy: tuple[np.ndarray, np.ndarray, str] | None = None,
+          channel: str = "ideal") -> Setup:
     """A P2PL Simulator (MLP 784-200-200-10, data_size weights, no sync) on N devices.
 
     xy: (x, y, source) from `load_data`, to share one dataset between several set-ups.
+    channel "wireless": the default link budget (wireless.Radio), devices uniform in its
+    500 m square, cycles per sample from XLA's count.
     """
     t0 = time.perf_counter()
     x, y, source = xy if xy is not None else load_data(data, seed)
@@ -287,7 +290,9 @@ def build(n: int, *, samples: int = 600, batch_size: int = 10, local_epochs: int
         model=MLP(hidden_sizes=tuple(hidden_sizes)), x=x, y=y, parts=parts, adj=adj,
         algorithm="p2pl", mixing_scheme="data_size", sync_mode="none", backend=backend,
         local_epochs=local_epochs, batch_size=batch_size,
-        device_block=resolve_device_block(device_block), diameter=0)
+        device_block=resolve_device_block(device_block), diameter=0,
+        channel=None if channel == "ideal" else wireless.Setup(
+            radio=wireless.Radio(), positions=wireless.positions(n, 500.0, seed), seed=seed))
     jax.block_until_ready(sim.arrays)
     num_params = mlp_params(tuple(hidden_sizes), int(np.prod(x.shape[1:])))
     return Setup(sim=sim, n=n, samples=samples, batch_size=batch_size,
