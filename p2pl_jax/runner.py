@@ -8,6 +8,7 @@ rounds and writes
   workdir/summary.json     rounds_to_target, final accuracies, timings, versions
 """
 
+import dataclasses
 import os
 import time
 from typing import Any
@@ -291,7 +292,7 @@ def _graph(c, num_devices: int):
 def radio(c: ml_collections.ConfigDict) -> wireless.Radio:
     """The config's link budget."""
     return wireless.Radio(**{f.name: float(c[f.name])
-                             for f in wireless.dataclasses.fields(wireless.Radio)})
+                             for f in dataclasses.fields(wireless.Radio)})
 
 
 def _radio_graph(c: ml_collections.ConfigDict, num_devices: int):
