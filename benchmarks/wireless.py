@@ -2,7 +2,7 @@
 the same round with the ideal channel (no faults), in the same run, at each N.
 
   python -m benchmarks.wireless [--ns=100,1000] [--samples=100] [--repeats=5] [--topology=random]
-      [--degree=8] [--backend=gather] [--json=FILE]
+      [--degree=8] [--backend=gather] [--hidden=200,200] [--json=FILE] [--quick]
 
 The wireless round draws Rayleigh fading per link, decides arrivals, recomputes the weights
 over what arrived and computes the bill (docs/wireless.md); the ideal round mixes with the
@@ -46,8 +46,13 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--degree", type=int, default=8)
     ap.add_argument("--backend", default="gather", choices=("gather", "dense"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--hidden", default="200,200", help="MLP hidden widths")
     ap.add_argument("--json")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke test: N = 4, 20 samples, 1 repeat, MLP 784-16-10")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.ns, args.samples, args.repeats, args.hidden, args.degree = "4", 20, 1, "16", 2
     info = common.machine_info()
     common.header("wireless: the P2PL round with channel=wireless vs the ideal channel", info,
                   args)
@@ -58,7 +63,8 @@ def main(argv=None) -> list[dict]:
         for channel in ("ideal", "wireless"):
             s = common.build(n, samples=args.samples, topology=args.topology,
                              degree=args.degree, seed=args.seed, xy=xy, channel=channel,
-                             backend=args.backend)
+                             backend=args.backend,
+                             hidden_sizes=common.parse_hidden(args.hidden))
             row[f"{channel}_s"] = time_round(s, args.repeats, args.seed)
             row["k"] = s.max_neighbours
             del s

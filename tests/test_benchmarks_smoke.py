@@ -103,3 +103,12 @@ def test_models_quick(bench_env, tmp_path):
 
 def test_gpu_check_script_parses():
     subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_check.sh")], check=True)
+
+
+def test_wireless_quick(bench_env, tmp_path):
+    """benchmarks.wireless (issue #14): the wireless and the ideal round of the same set-up."""
+    out = _run("benchmarks.wireless", ["--json", str(tmp_path / "w.json")], bench_env)
+    assert "wireless / ideal" in out
+    [row] = json.loads((tmp_path / "w.json").read_text())["rows"]
+    assert row["n"] == 4 and row["ideal_s"] > 0 and row["wireless_s"] > 0
+    assert row["ratio"] == row["wireless_s"] / row["ideal_s"]
