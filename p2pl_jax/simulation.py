@@ -261,6 +261,7 @@ def round_step(state: SimState, arrays: Arrays, hp: HParams, *, spec: Spec,
     w = arrays.weights
     zeros = jnp.zeros((n,), jnp.int32)
     sent, delivered, server = zeros, zeros, jnp.zeros((), jnp.int32)
+    server_got = server   # the server's broadcasts that arrived (all, unless wireless)
     online = jnp.ones((n,), bool) if alive is None else alive
     link, channel, extra = spec.link, arrays.channel, {}
     delays = uploaded = downloaded = None
@@ -285,11 +286,11 @@ def round_step(state: SimState, arrays: Arrays, hp: HParams, *, spec: Spec,
         sent, delivered = _per_sender(arrays.idx, offered), _per_sender(arrays.idx, valid_k)
     elif algo.weights == "server":   # one upload per online device, one broadcast to each
         sent = delivered = online.astype(jnp.int32)
-        server = jnp.sum(sent)
+        server = server_got = jnp.sum(sent)
         if link is not None:   # through the base station's wireless links
             uploaded, downloaded, tx, rx, station = wireless.station_round(
                 rng.channel_key(key), link, channel["up"], channel["down"], online)
-            delivered = uploaded.astype(jnp.int32)
+            delivered, server_got = uploaded.astype(jnp.int32), jnp.sum(downloaded)
             extra = wireless.bill(link, tx, rx, channel["compute_j"], channel["compute_s"],
                                   online, extra_s=station)
             extra["station"] = (link.bs_tx_w * station).astype(jnp.float32)
@@ -314,8 +315,7 @@ def round_step(state: SimState, arrays: Arrays, hp: HParams, *, spec: Spec,
             comm.update(energy=comm["energy"] + extra["energy"],
                         time=comm["time"] + extra["duration"], air=comm["air"] + extra["air"],
                         station=comm["station"] + extra.get("station", 0.0),
-                        server_delivered=comm["server_delivered"] + (
-                            server if downloaded is None else jnp.sum(downloaded)))
+                        server_delivered=comm["server_delivered"] + server_got)
     new_state = state.replace(params=params, opt_state=opt_state, round=state.round + 1,
                               history=history, aux=aux if state.aux is not None else None,
                               comm=comm)
@@ -323,7 +323,7 @@ def round_step(state: SimState, arrays: Arrays, hp: HParams, *, spec: Spec,
                                 for leaf in jax.tree.leaves(params)]))
     metrics = {"train_loss": jnp.mean(loss), "links_up": links_up, "devices_up": devices_up,
                "params_finite": finite, "messages_sent": jnp.sum(sent) + server,
-               "messages_delivered": jnp.sum(delivered) + server,
+               "messages_delivered": jnp.sum(delivered) + server_got,
                "messages_sent_max": jnp.max(sent)}
     if not spec.lr_schedule.is_constant:
         metrics["learning_rate"] = lr
@@ -333,7 +333,6 @@ def round_step(state: SimState, arrays: Arrays, hp: HParams, *, spec: Spec,
                        sim_time_s=extra["duration"], air_time_s=extra["air"])
         if "station" in extra:
             metrics["energy_station_j"] = extra["station"]
-            metrics["messages_delivered"] = jnp.sum(delivered) + jnp.sum(downloaded)
         if "weights_clipped" in extra:
             metrics["weights_clipped"] = extra["weights_clipped"]
     if return_local:
@@ -578,6 +577,7 @@ class Simulator:
                          compress_ratio=float(compress_ratio), qsgd_bits=int(qsgd_bits),
                          buckets=self.buckets, lr_schedule=lr_schedule or LRSchedule())
         self._leaf_sizes = None
+        self.positions = self.cycles_per_sample = None   # set with a channel
         tables = None
         if channel is not None:   # the wireless channel's link budget and the bill's inputs
             tables = self._channel_tables(channel, lists, sizes, batch_size, local_epochs,
