@@ -136,7 +136,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.compute_dtype = "float32"      # float32 | bfloat16: the local steps' forward and backward
     #                                  pass (parameters and optimizer state stay float32)
     c.shard = False                  # split the device axis over all accelerators (mesh)
-    c.distributed = False            # with shard: jax.distributed.initialize() (multi-host)
+    c.distributed = False            # with shard: one process of a multi-process run (every
+    #                                  process runs the same command; docs/multihost.md)
+    c.coordinator_address = ""       # distributed: process 0's host:port; "" (with the next
+    #                                  two unset) = JAX detects the cluster (SLURM, TPU, MPI)
+    c.num_processes = 0              # distributed: how many processes; 0 = detected
+    c.process_id = -1                # distributed: this process, 0 .. num_processes - 1
+    c.distributed_timeout_s = 300    # distributed: seconds to wait for every process to join
     c.device_block = -1              # local phase layout: -1 auto (2 on CPU, 0 on GPU/TPU);
     #                                  0 = vmap all devices; k = lax.map over blocks of k
     c.local_buckets = -1             # work-proportional local phase: devices grouped by size

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from absl import flags
 
 from experiments import argv_check
-from p2pl_jax import interrupts, stages
+from p2pl_jax import distributed, interrupts, stages
 from p2pl_jax.errors import ConfigError
 
 EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
@@ -23,6 +23,7 @@ EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 def fail(message: str, status: int):
     interrupts.finished()   # a signal now must not replace this message and status
     print(f"error: {message}", file=sys.stderr)
+    distributed.exit_if_joined(status)
     sys.exit(status)
 
 

@@ -7,17 +7,21 @@ Rerunning the same command on the same workdir resumes from the newest checkpoin
 
 Exit status: 0 done; 2 a user error (bad flag or config value, missing or malformed data or
 file, unwritable workdir, corrupt or mismatched checkpoint), printed as one message without a
-traceback; 3 training diverged; 130 interrupted (Ctrl-C or SIGTERM; rerun to resume).
+traceback; 3 training diverged; 130 interrupted (Ctrl-C or SIGTERM; rerun to resume); 1 a
+process of a multi-process run (distributed=True) failed, e.g. another process died (rerun
+every process to resume).
 """
 
 from experiments import early_signals  # noqa: F401 - first: the signal watcher (see there)
+
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import argv_check, cli
 from experiments.cli import EXIT_DIVERGED, EXIT_USER_ERROR
-from p2pl_jax import interrupts
+from p2pl_jax import distributed, interrupts
 from p2pl_jax.errors import ConfigError
 from p2pl_jax.runner import DivergenceError, run
 
@@ -49,6 +53,14 @@ def main(argv):
         _fail(str(e), EXIT_DIVERGED)
     except KeyboardInterrupt as e:   # the round loop stopped on a signal and checkpointed
         cli.interrupted(e)
+    except Exception as e:  # noqa: BLE001 - one process of a multi-process run failed
+        if not distributed.joined():
+            raise
+        traceback.print_exc()
+        cause = (str(e).strip().splitlines() or [""])[0][:200]
+        _fail(f"this process of the distributed run failed ({type(e).__name__}: {cause}); "
+              "when another process died first, its output names the cause. The checkpoints "
+              "written so far are kept: rerun the same command on every process to resume", 1)
     interrupts.finished()   # everything is written: the run ends with status 0
     rtt = summary["rounds_to_target"]
     logging.info("done: %d rounds, rounds_to_target=%s, final acc min %.4f mean %.4f, %.1fs",

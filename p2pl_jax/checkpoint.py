@@ -32,6 +32,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from p2pl_jax import distributed
 from p2pl_jax.errors import ConfigError
 
 FORMAT = 3   # 2: SimState gained the algorithm's `aux` and the message counters `comm`;
@@ -39,7 +40,8 @@ FORMAT = 3   # 2: SimState gained the algorithm's `aux` and the message counters
 # Config fields that may differ between the run that wrote a checkpoint and the run resuming it.
 RESUMABLE_FIELDS = ("rounds", "checkpoint_every", "progress", "tensorboard", "data_dir",
                     "eval_device_chunk", "eval_example_chunk", "device_block", "stop_at_target",
-                    "eval_backfill")
+                    "eval_backfill", "coordinator_address", "num_processes", "process_id",
+                    "distributed_timeout_s")
 _STATE, _META = "state", "meta"
 
 
@@ -134,7 +136,7 @@ def state_leaves(state) -> tuple[dict[str, np.ndarray], list[dict]]:
     typed PRNG keys are stored as their key data."""
     leaves = [jax.random.key_data(leaf) if _is_key(leaf) else leaf
               for leaf in jax.tree.leaves(state)]
-    host = [np.asarray(a) for a in jax.device_get(leaves)]
+    host = distributed.host(leaves)   # sharded leaves gathered (in every process)
     return {f"leaf_{i:04d}": a for i, a in enumerate(host)}, describe(state)
 
 

@@ -42,7 +42,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from p2pl_jax import checkpoint, interrupts, stages, writers
+from p2pl_jax import checkpoint, distributed, interrupts, stages, writers
 from p2pl_jax import progress as progress_lib
 from p2pl_jax.errors import ConfigError
 from p2pl_jax.recorder import DivergenceError, Recorder, check_finite
@@ -316,7 +316,8 @@ class Loop:
         jax.block_until_ready(state)
         self.state, self.round = state, self.start_round
         self.progress = progress_lib.Progress(self.rounds, self.start_round,
-                                              enabled=self.progress_enabled)
+                                              enabled=self.progress_enabled
+                                              and writers.primary())
         start = time.perf_counter()
         self.wall = lambda: prior_wall + time.perf_counter() - start
         for m, a in zip(self.members, args):
@@ -454,7 +455,13 @@ class Loop:
         self.progress.update(rnd.index, record)
 
     def _stop(self, rnd: Round) -> None:
-        """A stop request first checks the parameters of members not checked this round."""
+        """A stop request first checks the parameters of members not checked this round. In a
+        multi-process run a signal to any process stops every process after this round."""
+        signal_ = distributed.agree(self.stop_request.signal)
+        if signal_ and not self.stop_request.signal:
+            logging.warning("another process of this run was sent %s: stopping after this "
+                            "round (it will be checkpointed)", signal_)
+            self.stop_request.signal = signal_
         if self.stop_request.signal:
             for _, m in self._live():
                 if m.checked != rnd.index:

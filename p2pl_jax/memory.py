@@ -85,12 +85,13 @@ def tree_bytes(tree) -> int:
 
 
 def _shards(tree) -> int:
-    """How many accelerators the tree's leaves are spread over (1 unless sharded)."""
+    """How many of this process's accelerators the tree's leaves are spread over (1 unless
+    sharded; a multi-process run's other processes check their own memory)."""
     devices = set()
     for leaf in jax.tree.leaves(tree):
         sharding = getattr(leaf, "sharding", None)
         if sharding is not None:
-            devices |= set(sharding.device_set)
+            devices |= {d for d in sharding.device_set if d.process_index == jax.process_index()}
     return max(len(devices), 1)
 
 

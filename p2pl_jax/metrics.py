@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from p2pl_jax import distributed
+
 
 def _all_identical(tree) -> jax.Array:
     """True iff every device's parameters equal device 0's exactly."""
@@ -131,11 +133,11 @@ class Evaluator:
 
 def summarize(device_metrics: dict) -> dict:
     """Host-side summary of `evaluate`'s output: acc_min/mean/max, test_loss, consensus_distance."""
-    acc = jax.device_get(device_metrics["acc"])
+    acc = distributed.host(device_metrics["acc"])
     return {
         "acc_min": float(acc.min()),
         "acc_mean": float(acc.mean()),
         "acc_max": float(acc.max()),
-        "test_loss": float(jax.device_get(device_metrics["loss"]).mean()),
+        "test_loss": float(distributed.host(device_metrics["loss"]).mean()),
         "consensus_distance": float(device_metrics["consensus_distance"]),
     }

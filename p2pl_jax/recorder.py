@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from p2pl_jax import writers
+from p2pl_jax import distributed, writers
 from p2pl_jax.metrics import Evaluator, summarize
 
 
@@ -105,7 +105,7 @@ def communication(round_metrics: dict, comm, message_bytes: int) -> dict:
            "bytes_sent_max": int(round_metrics["messages_sent_max"]) * message_bytes,
            "bytes_delivered": int(round_metrics["messages_delivered"]) * message_bytes}
     if comm is not None:
-        comm = jax.device_get(comm)
+        comm = distributed.host(comm)
         sent, got, server = (np.asarray(comm[k], np.int64)
                              for k in ("sent", "delivered", "server"))
         got_server = np.asarray(comm.get("server_delivered", server), np.int64)

@@ -9,6 +9,7 @@ rounds and writes
 """
 
 import dataclasses
+import json
 import os
 import time
 from typing import Any
@@ -24,6 +25,7 @@ from p2pl_jax import (
     buckets,
     checkpoint,
     compression,
+    distributed,
     graphs,
     loop,
     memory,
@@ -122,6 +124,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _validate_training(c)
     _validate_skew_and_graph(c)
     _validate_channel(c)
+    distributed.validate(c)
 
 
 _RADIO_RANGES = {   # field: (lo, lo_open); every value finite
@@ -376,9 +379,15 @@ def build(c: ml_collections.ConfigDict) -> tuple[simulation.Simulator, data_lib.
         local_buckets=c.local_buckets, normalisation=ds.normalisation, nesterov=c.nesterov,
         augment=c.augment, compute_dtype=c.compute_dtype, lr_schedule=lr_schedule(c),
         channel=channel_setup(c, graph) if c.channel == "wireless" else None)
-    if c.shard:
-        if c.distributed:   # multi-host (e.g. a TPU pod slice): every host runs this program
-            jax.distributed.initialize()
+    if distributed.active():   # every process must build this same simulation
+        csr = graphs.as_sparse(adj)
+        distributed.check_same({
+            "config": distributed.digest(np.frombuffer(json.dumps(
+                checkpoint.fingerprint(c.to_dict()), sort_keys=True).encode(), np.uint8)),
+            "data": distributed.digest(ds.x_train, ds.y_train, ds.x_test, ds.y_test),
+            "partition": distributed.digest(*parts),
+            "graph": distributed.digest(csr.indptr, csr.indices)})
+    if c.shard:   # with distributed=True, run() joined the processes: the mesh spans them
         sim.shard(sharding.make_mesh())
     info: dict[str, Any] = {"partition": stats, "diameter": sim.diameter,
                             "consensus_backend": sim.backend, "data_source": ds.source,
@@ -401,7 +410,7 @@ def build(c: ml_collections.ConfigDict) -> tuple[simulation.Simulator, data_lib.
 
 def channel_info(sim: simulation.Simulator) -> dict:
     """summary.json's `wireless`: the link budget's consequences for this run."""
-    link, ch = sim.spec.link, sim.arrays.channel
+    link, ch = sim.spec.link, distributed.host(sim.arrays.channel)
     out = {"message_bits": link.bits, "air_time_at_threshold_s": link.t_max,
            "snr_needed_db": 10 * float(np.log10(link.theta_eff)) if np.isfinite(
                link.theta_eff) else None,
@@ -421,7 +430,7 @@ def channel_info(sim: simulation.Simulator) -> dict:
 def local_phase_info(sim: simulation.Simulator, c: ml_collections.ConfigDict) -> dict:
     """The local phase's layout for summary.json: its scans (buckets.py) and device-steps per
     round (epochs mode): what the data asks for, one padded scan, and the scans run."""
-    sizes = np.asarray(sim.arrays.sizes)
+    sizes = distributed.host(sim.arrays.sizes)
     scans = [[b.count, b.max_size] for b in sim.buckets] or [[len(sizes), int(sizes.max())]]
     out = {"local_scans": scans}
     if not c.local_steps:
@@ -455,7 +464,7 @@ def check_workdir(workdir: str, *subdirs: str) -> bool:
     created = not os.path.exists(workdir)
     try:
         os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, ".write_test")
+        probe = os.path.join(workdir, f".write_test.{os.getpid()}")   # one per process
         with open(probe, "w") as f:
             f.write("ok")
         os.remove(probe)
@@ -488,6 +497,8 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
     KeyboardInterrupt after checkpointing the last completed round.
     """
     validate(c)
+    distributed.initialize(c)   # before anything touches a JAX backend (orbax does)
+    writers.set_primary(distributed.is_primary())
     created = check_workdir(workdir, CHECKPOINT_DIR)
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR))
     try:

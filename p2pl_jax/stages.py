@@ -10,8 +10,9 @@ must make a signal arrive at an exact moment.
 
 Test hook: with the environment variable P2PL_TEST_SIGNAL=STAGE:SIGNAL (e.g. "compile:SIGTERM")
 the process sends itself SIGNAL when it first reaches STAGE, so every stage can be tested with
-SIGINT and SIGTERM deterministically (tests/test_signals.py). Unset, `reached` only records the
-stage.
+SIGINT and SIGTERM deterministically (tests/test_signals.py); STAGE@K:SIGNAL fires when it
+reaches STAGE the K-th time (e.g. "save@2:SIGKILL", the second save: tests/test_multihost.py).
+Unset, `reached` only records the stage.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ STAGES = ("import", "start", "data", "compile", "round", "save")
 _LOOP = ("round", "save")
 _current = ["import"]
 _fired: set[str] = set()
+_count: dict[str, int] = {}
 
 
 def reached(stage: str) -> None:
@@ -31,9 +33,11 @@ def reached(stage: str) -> None:
     assert stage in STAGES, stage
     if stage not in _LOOP:
         _current[0] = stage
+    _count[stage] = _count.get(stage, 0) + 1
     spec = os.environ.get(ENV, "")
     name, _, sig = spec.partition(":")
-    if name == stage and stage not in _fired:
+    name, _, nth = name.partition("@")
+    if name == stage and stage not in _fired and _count[stage] == int(nth or 1):
         _fired.add(stage)
         os.kill(os.getpid(), getattr(signal, sig or "SIGINT"))
 

@@ -171,6 +171,10 @@ def run_sweep(base: ml_collections.ConfigDict, values: dict[str, list], workdir:
     ConfigError naming the fields); re-raises KeyboardInterrupt after checkpointing the group in
     progress.
     """
+    if base.distributed:
+        raise ConfigError("distributed=True: a sweep runs in one process (its replicas share "
+                          "one compiled program); allowed: distributed=False, or run each "
+                          "setting as its own multi-process experiments.train run")
     runner.check_workdir(workdir)
     configs = []
     for name, override in expand(base, values):

@@ -30,7 +30,23 @@ METRICS_CSV = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
 
 
+_PRIMARY = [True]   # False in the processes other than 0 of a multi-process run
+
+
+def set_primary(primary: bool) -> None:
+    """Whether this process writes files: in a multi-process run (p2pl_jax/distributed.py) only
+    process 0 does, and every write here is skipped in the others (they hold the same
+    records)."""
+    _PRIMARY[0] = bool(primary)
+
+
+def primary() -> bool:
+    return _PRIMARY[0]
+
+
 def _atomic_write(path: str, text: str) -> None:
+    if not _PRIMARY[0]:
+        return
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(text)
@@ -133,8 +149,12 @@ class MetricsWriter:
         self.records = [dict(r) for r in records]
         self._jsonl_path = os.path.join(workdir, METRICS_JSONL)
         self._csv_path = os.path.join(workdir, METRICS_CSV)
-        _atomic_write(self._jsonl_path, "".join(dumps(r) + "\n" for r in self.records))
         self._header = self._columns(self.records)
+        self._files = _PRIMARY[0]   # a multi-process run's other processes only keep records
+        self._tb = None
+        if not self._files:
+            return
+        _atomic_write(self._jsonl_path, "".join(dumps(r) + "\n" for r in self.records))
         _atomic_write(self._csv_path,
                       _csv_text(self.records, self._header) if self._header else "")
         self._jsonl = open(self._jsonl_path, "a")
@@ -170,6 +190,8 @@ class MetricsWriter:
         """Appends one record (a flat dict with an int `round` and float values)."""
         record = dict(record)
         self.records.append(record)
+        if not self._files:
+            return
         self._jsonl.write(dumps(record) + "\n")
         self._jsonl.flush()
         if not self._header or any(k not in self._header for k in record):
@@ -188,6 +210,8 @@ class MetricsWriter:
             self._tb.flush()
 
     def close(self) -> None:
+        if not self._files:
+            return
         self._jsonl.close()
         self._csv.close()
         if self._tb is not None:
