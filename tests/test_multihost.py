@@ -252,3 +252,34 @@ def test_a_process_other_than_0_writes_no_files(tmp_path):
     finally:
         writers.set_primary(True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_benchmark_counts_the_bytes_that_cross_processes():
+    """benchmarks/multihost.py's figures against hand counts: 8 devices, 4 per process."""
+    from benchmarks.multihost import hlo_cross_bytes, needed_cross_bytes
+
+    hlo = "\n".join([
+        # the [16, 10] float32 stack gathered over the 8-device mesh: each process receives
+        # the other's half, 320 bytes; 2 processes
+        "%all-gather.2 = f32[16,10]{1,0} all-gather(%x), channel_id=36, "
+        "replica_groups=mesh['axis_0'=8,'axis_1'=1] {'axis_0'}, dimensions={0}",
+        "%get-tuple-element.1 = s32[16]{0} get-tuple-element(%all-reduce.10), index=0",
+        "%fusion.1 = f32[2,8]{1,0} fusion(%all-gather, %p), kind=kLoop",
+        # two int32 scalars all-reduced: 2 x (8 bytes x 1/2) x 2 processes
+        "%all-reduce.11 = (s32[], s32[]) all-reduce(%a, %b), channel_id=75, "
+        "replica_groups=mesh['axis_0'=8] {'axis_0'}, use_global_device_ids=true",
+        # 16 bytes along 3 pairs, one of which (0 -> 4) crosses
+        "%collective-permute.1 = f32[4]{0} collective-permute(%c), "
+        "source_target_pairs={{0,4},{1,2},{5,6}}",
+        # an explicit group inside process 0 moves nothing between processes
+        "%all-gather.3 = f32[8]{0} all-gather(%d), replica_groups={{0,1,2,3},{4,5,6,7}}",
+    ])
+    cross, kinds = hlo_cross_bytes(hlo, [0] * 4 + [1] * 4)
+    assert cross == 16 * 10 * 4 + 2 * 8 * 0.5 * 2 + 16
+    assert kinds == {"all-gather": 640 + 32, "all-reduce": 8, "collective-permute": 16}
+    # a cycle of 8 (self + 2 neighbours): each process needs 2 rows of the other
+    n = 8
+    idx = np.stack([np.arange(n), (np.arange(n) - 1) % n, (np.arange(n) + 1) % n], 1)
+    assert needed_cross_bytes(idx, 2, 100) == 4 * 100
+    assert needed_cross_bytes(idx, 4, 100) == 8 * 100
+    assert needed_cross_bytes(idx, 1, 100) == 0
