@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Callable
 
 import networkx as nx
 import numpy as np
@@ -216,6 +217,19 @@ def make_graph(topology: str, num_devices: int, *, seed: int = 0, radius: float 
     return g
 
 
+def first_connected(build: Callable[[int], nx.Graph], seed: int,
+                    tries: int) -> tuple[nx.Graph, int, int]:
+    """The resample rule: (graph, graph seed, components) of the first connected
+    `build(seed + RESAMPLE_STRIDE * k)` for k = 0 .. tries - 1, else of the last one tried."""
+    for k in range(tries):
+        graph_seed = seed + RESAMPLE_STRIDE * k
+        g = build(graph_seed)
+        comps = nx.number_connected_components(g)
+        if comps == 1:
+            break
+    return g, graph_seed, comps
+
+
 def resampled_graph(topology: str, num_devices: int, *, seed: int = 0,
                     tries: int = MAX_RESAMPLES, **kwargs) -> tuple[nx.Graph, int]:
     """(graph, graph_seed): the first connected `make_graph(topology, num_devices,
@@ -227,11 +241,10 @@ def resampled_graph(topology: str, num_devices: int, *, seed: int = 0,
     """
     check_choice("topology (with graph_resample=True)", topology, RANDOM_TOPOLOGIES)
     kwargs = {**kwargs, "allow_disconnected": True}
-    for k in range(tries):
-        graph_seed = seed + RESAMPLE_STRIDE * k
-        g = make_graph(topology, num_devices, seed=graph_seed, **kwargs)
-        if nx.is_connected(g):
-            return g, graph_seed
+    g, graph_seed, _ = first_connected(
+        lambda s: make_graph(topology, num_devices, seed=s, **kwargs), seed, tries)
+    if nx.is_connected(g):
+        return g, graph_seed
     raise ConfigError(
         f"graph_resample=True: topology={topology!r} with num_devices={num_devices} gave a "
         f"disconnected graph for all {tries} graph seeds seed + {RESAMPLE_STRIDE} k (seed="

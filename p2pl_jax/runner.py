@@ -305,17 +305,19 @@ def _radio_graph(c: ml_collections.ConfigDict, num_devices: int):
 
     budget = radio(c)
     tries = graphs.MAX_RESAMPLES if c.graph_resample else 1
-    for k in range(tries):
-        seed = c.seed + graphs.RESAMPLE_STRIDE * k
+
+    def build(seed: int) -> nx.Graph:
         pos = wireless.positions(num_devices, budget.area_m, seed)
-        adj, shadow = wireless.radio_graph(pos, budget, seed)
+        _, shadow = wireless.radio_graph(pos, budget, seed)
         g = nx.Graph()
         g.add_nodes_from(range(num_devices))
         g.add_edges_from(shadow)
         g.graph.update(seed=seed, positions=pos, shadow=shadow)
-        comps = nx.number_connected_components(g)
-        if comps == 1 or (c.allow_disconnected and not c.graph_resample):
-            return g
+        return g
+
+    g, _, comps = graphs.first_connected(build, c.seed, tries)
+    if comps == 1 or (c.allow_disconnected and not c.graph_resample):
+        return g
     again = (f"for all {tries} graph seeds seed + {graphs.RESAMPLE_STRIDE} k"
              if c.graph_resample else "")
     reach = budget.range_m(budget.snr_threshold_db + budget.radio_margin_db)

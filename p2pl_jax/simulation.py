@@ -148,8 +148,14 @@ class Spec:
     @property
     def dynamic(self) -> bool:
         """Whether the round's graph (and so its weights) changes from round to round."""
-        return (self.link_failures or self.dropouts or bool(self.time_varying)
-                or self.link is not None)
+        return graph_changes(self.link_failures, self.dropouts, self.time_varying,
+                             self.link is not None)
+
+
+def graph_changes(link_failures: bool, dropouts: bool, time_varying: str,
+                  channel: bool) -> bool:
+    """Spec.dynamic from its fields (also used before the Spec exists)."""
+    return bool(link_failures or dropouts or time_varying or channel)
 
 
 def _round_graph(spec: Spec, arrays: Arrays, hp: HParams, key: jax.Array,
@@ -532,7 +538,7 @@ class Simulator:
         lists = graph_lists(self.adj, time_varying)
         self._sync_lists = (lists.sync_idx, lists.sync_valid)
         pi = sizes / sizes.sum()
-        dynamic = link_failures or dropouts or bool(time_varying) or channel is not None
+        dynamic = graph_changes(link_failures, dropouts, time_varying, channel is not None)
         rev = np.zeros((1, 1), np.int32)
         self.mixing_weights = None   # the static graph's float64 CSR W (graph algorithms)
         self._dense_w_args = (algo.weights, sizes, mixing_scheme)
