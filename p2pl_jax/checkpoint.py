@@ -262,9 +262,13 @@ class Checkpointer:
 
     def exists(self) -> bool:
         """Whether the folder holds any finished checkpoint (cheap: no orbax import)."""
+        return bool(self.steps_on_disk())
+
+    def steps_on_disk(self) -> list[int]:
+        """The rounds of the checkpoint folders on disk, ascending (no orbax import)."""
         if not os.path.isdir(self.directory):
-            return False
-        return any(name.isdigit() for name in os.listdir(self.directory))
+            return []
+        return sorted(int(name) for name in os.listdir(self.directory) if name.isdigit())
 
     def latest_round(self) -> int | None:
         """The round of the newest complete checkpoint, or None."""

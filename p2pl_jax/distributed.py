@@ -225,7 +225,12 @@ def digest(*arrays) -> str:
     return h.hexdigest()
 
 
-def check_same(items: dict[str, str]) -> None:
+_SAME_BUILD = ("Start every process with the same config, seed and data (the same files under "
+               "data_dir on every host)")
+
+
+def check_same(items: dict[str, str], hint: str = _SAME_BUILD,
+               what: str = "do not build the same simulation") -> None:
     """Raises ConfigError in every process when the digests `items` (name -> hex digest)
     differ between processes, naming what differs and which processes disagree with 0."""
     if not active():
@@ -241,8 +246,6 @@ def check_same(items: dict[str, str]) -> None:
                 differ.setdefault(k, []).append(p)
     if differ:
         raise ConfigError(
-            "the processes of this distributed run do not build the same simulation: "
+            f"the processes of this distributed run {what}: "
             + "; ".join(f"{k} differs from process 0's in process(es) {ps}"
-                        for k, ps in sorted(differ.items()))
-            + ". Start every process with the same config, seed and data (the same files "
-              "under data_dir on every host)")
+                        for k, ps in sorted(differ.items())) + f". {hint}")

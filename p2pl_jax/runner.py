@@ -515,6 +515,11 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _run(c: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpointer) -> dict:
     fingerprint = checkpoint.fingerprint(c.to_dict())
+    if distributed.active():   # every process must see the same checkpoints (before orbax,
+        distributed.check_same(  # whose restore is a collective)
+            {"the checkpoints folder": distributed.digest(np.asarray(ckpt.steps_on_disk()))},
+            hint=f"Every process must see the same workdir: put {workdir} on a filesystem "
+                 "shared by every host", what="do not see the same checkpoints")
     restored = ckpt.restore() if ckpt.exists() else None
     if restored is not None:
         loop.check_resumable(restored.meta, fingerprint, c.rounds, ckpt.directory)

@@ -172,6 +172,17 @@ def test_killed_then_signalled_run_resumes_to_the_uninterrupted_result(runs):
     assert summary["status"] == "interrupted" and summary["resumed_from_round"] == 1
 
 
+def test_processes_that_see_different_checkpoints_stop_with_one_message(runs, tmp_path):
+    """A workdir that is not shared: process 0 finds round 4's checkpoint, process 1 none."""
+    dirs = runs[0]
+    procs = _launch(dirs["two"], [{}, {"args": [f"--workdir={tmp_path / 'elsewhere'}"]}])
+    for proc in procs:
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert ("the checkpoints folder differs from process 0's in process(es) [1]. Every "
+                "process must see the same workdir") in proc.stderr
+    assert not (tmp_path / "elsewhere").exists()
+
+
 def test_cluster_errors_are_one_message_and_status_2(tmp_path):
     fast = ("--config.distributed_timeout_s=3",)
     with ThreadPoolExecutor(3) as pool:
