@@ -21,6 +21,7 @@ import pytest
 
 from configs import reproduce as spec
 from experiments import reproduce as rep
+from experiments import reproduce_jobs as jobs  # where run_or_reuse calls runner.run
 
 # rounds_to_target per setting that makes every claim come out "reproduced" (cap 100).
 GOOD = {"complete": 20, "fedavg": 19, "centralized": 3, "rgg": 30, "torus": 40, "cycle": 80,
@@ -81,7 +82,7 @@ def fake_all(root, base, seeds, eval_every=2, skip=()):
 def no_runs(monkeypatch):
     def fail(config, workdir):
         raise AssertionError(f"unexpected run into {workdir}")
-    monkeypatch.setattr(rep, "run", fail)
+    monkeypatch.setattr(jobs, "run", fail)
 
 
 def test_report_from_existing_runs(tmp_path, no_runs):
@@ -138,7 +139,7 @@ def test_changed_config_is_rerun_and_missing_is_reported(tmp_path, monkeypatch):
     def fake(config, workdir):
         calls.append((config.algorithm, config.eval_every, workdir))
         raise rep.ConfigError("not today")
-    monkeypatch.setattr(rep, "run", fake)
+    monkeypatch.setattr(jobs, "run", fake)
     # eval_every=3 changes every sparse setting's config: those are rerun (and fail here).
     verdicts = rep.reproduce(str(tmp_path), seeds=1, quick=True, rounds=100, eval_every=3,
                              claim_numbers=[2, 6])
@@ -262,7 +263,7 @@ def test_compare_mixing_table(tmp_path, monkeypatch, capsys):
                 json.dump(obj, f)
         return summary
 
-    monkeypatch.setattr(rep, "run", fake)
+    monkeypatch.setattr(jobs, "run", fake)
     records = compare_mixing.main(["--quick", "--seeds=2", f"--workdir={tmp_path}",
                                    "--graphs=random_geometric,torus"])
     n_schemes = len(compare_mixing.SCHEMES)
@@ -442,7 +443,7 @@ def test_outcome_lists_failed_runs_only(tmp_path, monkeypatch):
         if config.algorithm == "fedavg":
             raise rep.DivergenceError("loss above the limit")
         raise rep.ConfigError("missing data")
-    monkeypatch.setattr(rep, "run", fake)
+    monkeypatch.setattr(jobs, "run", fake)
     out = rep.run_reproduction(str(tmp_path), seeds=1, quick=True, rounds=100,
                                claim_numbers=[2, 6])
     assert sorted(r["setting"] for r in out.failed) == ["fedavg", "rgg"]
