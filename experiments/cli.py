@@ -20,9 +20,14 @@ from p2pl_jax.errors import ConfigError
 EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 
 
-def fail(message: str, status: int):
+def fail(message: str, status: int, *, agreed: bool = False):
+    """Prints one error line and exits with `status`. In a multi-process run, `agreed` (every
+    process fails here at once) leaves through JAX's shutdown barrier; otherwise the process
+    ends at once (distributed.exit_if_joined)."""
     interrupts.finished()   # a signal now must not replace this message and status
     print(f"error: {message}", file=sys.stderr)
+    if agreed:
+        distributed.shutdown_together()
     distributed.exit_if_joined(status)
     sys.exit(status)
 
@@ -82,6 +87,9 @@ def install_interrupts(checkpoint_pattern: str) -> None:
 
 
 def interrupted(error: KeyboardInterrupt) -> None:
-    """Ends the command after the round loop stopped on a signal (and checkpointed)."""
+    """Ends the command after the round loop stopped on a signal (and checkpointed). In a
+    multi-process run every process stopped after the same round (loop: distributed.agree),
+    so they leave through JAX's shutdown barrier together."""
+    distributed.shutdown_together()
     interrupts.hard_exit(f"interrupted ({error})" if str(error) else "interrupted")
 

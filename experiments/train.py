@@ -48,7 +48,7 @@ def main(argv):
         config = _CONFIG.value
         summary = run(config, _WORKDIR.value)
     except ConfigError as e:
-        _fail(str(e), EXIT_USER_ERROR)
+        _fail(str(e), EXIT_USER_ERROR, agreed=isinstance(e, distributed.AgreedError))
     except DivergenceError as e:
         _fail(str(e), EXIT_DIVERGED)
     except KeyboardInterrupt as e:   # the round loop stopped on a signal and checkpointed

@@ -166,6 +166,22 @@ def joined() -> bool:
     return jax_distributed.global_state.client is not None
 
 
+class AgreedError(ConfigError):
+    """A user error raised in every process of the run at once (check_same): the processes can
+    leave together through JAX's shutdown barrier."""
+
+
+def shutdown_together() -> None:
+    """Leaves the run through JAX's shutdown barrier, for exits every process takes at the same
+    point (a stop all agreed on, an AgreedError). Ending one process without it makes the
+    coordination service (hosted by process 0) abort the processes still running."""
+    if joined():
+        try:
+            jax.distributed.shutdown()
+        except Exception:  # noqa: BLE001, S110 - the exit goes on either way
+            pass
+
+
 def exit_if_joined(status: int) -> None:
     """Ends a process of a multi-process run at once with `status` after a failure (its output
     flushed). A normal exit would wait in JAX's shutdown barrier for processes that may be
@@ -245,7 +261,7 @@ def check_same(items: dict[str, str], hint: str = _SAME_BUILD,
             if theirs[j * width:(j + 1) * width] != every[0][j * width:(j + 1) * width]:
                 differ.setdefault(k, []).append(p)
     if differ:
-        raise ConfigError(
+        raise AgreedError(
             f"the processes of this distributed run {what}: "
             + "; ".join(f"{k} differs from process 0's in process(es) {ps}"
                         for k, ps in sorted(differ.items())) + f". {hint}")

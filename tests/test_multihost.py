@@ -92,7 +92,8 @@ def _state(workdir: Path, step: int = ROUNDS) -> dict[str, np.ndarray]:
 def _launcher(workdir: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "scripts/multihost_local.sh", "2", *ARGS,
                            f"--workdir={workdir}"], cwd=REPO,
-                          env=_env(1, DEVICES_PER_PROCESS="4"), capture_output=True,
+                          env=_env(1, DEVICES_PER_PROCESS="4", PYTHON=sys.executable),
+                          capture_output=True,
                           text=True, timeout=TIMEOUT)
 
 
