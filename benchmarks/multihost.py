@@ -118,12 +118,15 @@ def needed_cross_bytes(idx: np.ndarray, num_processes: int, model_bytes: int) ->
 
 def worker(args: argparse.Namespace) -> None:
     import jax
+    import ml_collections
 
-    if args.num_processes > 1:
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(coordinator_address=f"127.0.0.1:{args.port}",
-                                   num_processes=args.num_processes,
-                                   process_id=args.process_id, initialization_timeout=120)
+    from p2pl_jax import distributed
+
+    if args.num_processes > 1:   # the run path's own join (gloo, the watchdog)
+        distributed.initialize(ml_collections.ConfigDict(dict(
+            distributed=True, coordinator_address=f"127.0.0.1:{args.port}",
+            num_processes=args.num_processes, process_id=args.process_id,
+            distributed_timeout_s=120)))
     from jax.experimental import multihost_utils
 
     from benchmarks import common
