@@ -18,7 +18,7 @@ import sys
 import time
 
 from configs import mnist
-from p2pl_jax import checkpoint, writers
+from p2pl_jax import checkpoint, plotting, writers
 
 COPIED = ("config.json", "summary.json", "metrics.jsonl")
 read_json = writers.read_json_or_none
@@ -104,6 +104,27 @@ def copy_runs(workdir: str, out: str, names, files=COPIED) -> None:
         for f in files:
             if os.path.exists(os.path.join(src, f)):
                 shutil.copyfile(os.path.join(src, f), os.path.join(dst, f))
+
+
+def load_runs(out: str) -> dict[str, plotting.Run]:
+    """{name: run} of the copied run files OUT/runs/NAME/ (those with a metrics.jsonl)."""
+    root = os.path.join(out, "runs")
+    names = sorted(os.listdir(root)) if os.path.isdir(root) else []
+    return {n: plotting.load_run(os.path.join(root, n)) for n in names
+            if os.path.exists(os.path.join(root, n, "metrics.jsonl"))}
+
+
+def provenance(study: dict, rows) -> list[str]:
+    """The report's command / machine / JAX / date lines, from study.json and the rows'
+    'jax_version' and 'backend' (what the runs' summaries recorded)."""
+    rows = list(rows)
+    mach = study.get("machine", {})
+    versions = sorted({str(r["jax_version"]) for r in rows if r.get("jax_version")})
+    backends = sorted({str(r["backend"]) for r in rows if r.get("backend")})
+    return [f"Command: `{study.get('command', '?')}`  ",
+            f"Machine: {mach.get('cpu', '?')}, {mach.get('cores', '?')} cores; JAX "
+            f"{', '.join(versions) or '?'}, backend {', '.join(backends) or '?'}; "
+            f"{study.get('date', '?')}."]
 
 
 def machine() -> dict:
