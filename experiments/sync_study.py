@@ -11,7 +11,8 @@ local epoch, SGD lr 0.05 momentum 0.9, data_size weights) on
   a star (diameter 2); random geometric graphs whose radius gives each diameter of
   --diameters (per seed: graph_resample's rule, the first connected graph of the graph seeds
   seed + 1000 k, and, of the radii 0.15, 0.16, ..., 0.90 whose graph has that diameter, the
-  median one; `radius_for`); a 10 x 10 torus (diameter 10); a cycle (diameter 50);
+  median one; `radius_for`, the diameters computed once per seed); a 10 x 10 torus
+  (diameter 10); a cycle (diameter 50);
 each with sync = max_norm (every device starts from the init of largest norm, found by a
 max-consensus: P2PL's step 1), none (independent inits) and shared_seed (one common init, no
 communication: what max norm sync reaches in diameter rounds). Each (graph, sync, seed) run
@@ -67,17 +68,23 @@ USAGE = ("python -m experiments.sync_study [--workdir=DIR] [--out=DIR] [--diamet
 parse_flags = cli.flags_parser(USAGE)
 
 
-def radius_for(diameter: int, num_devices: int, seed: int) -> float:
-    """The median of the radii in RADII whose resampled random geometric graph (graph_resample's
-    rule from `seed`) has `diameter`; ConfigError naming --diameters when none has."""
-    hits = []
+def diameters_by_radius(num_devices: int, seed: int) -> dict[float, int]:
+    """{radius: diameter} of the resampled random geometric graph (graph_resample's rule from
+    `seed`) at each radius of RADII that gives a connected graph."""
+    out = {}
     for r in RADII:
         try:
             g, _ = graphs.resampled_graph("random_geometric", num_devices, seed=seed, radius=r)
         except ConfigError:
             continue
-        if graphs.diameter(g) == diameter:
-            hits.append(r)
+        out[r] = graphs.diameter(g)
+    return out
+
+
+def radius_for(diameter: int, table: dict[float, int], num_devices: int, seed: int) -> float:
+    """The median of the radii whose graph in `table` (`diameters_by_radius`) has `diameter`;
+    ConfigError naming --diameters when none has."""
+    hits = [r for r, d in table.items() if d == diameter]
     if not hits:
         raise ConfigError(f"--diameters: no random geometric graph of {num_devices} devices "
                           f"(seed {seed}, radius {RADII[0]}..{RADII[-1]}) has diameter "
@@ -88,9 +95,10 @@ def radius_for(diameter: int, num_devices: int, seed: int) -> float:
 def graph_settings(diameters, num_devices: int, seed: int) -> dict[str, dict]:
     """{graph name: topology overrides} for one seed."""
     out = {"star": {"topology": "star"}}
+    table = diameters_by_radius(num_devices, seed) if diameters else {}
     for d in diameters:
         out[f"rgg_d{d}"] = {"topology": "random_geometric", "graph_resample": True,
-                            "graph_radius": radius_for(d, num_devices, seed)}
+                            "graph_radius": radius_for(d, table, num_devices, seed)}
     out["torus"] = {"topology": "torus"}
     out["cycle"] = {"topology": "cycle"}
     return out

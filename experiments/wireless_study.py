@@ -310,13 +310,6 @@ def plot(loaded: dict[str, plotting.Run], res: dict, out_png: str, target: float
     plt.close(fig)
 
 
-def load_runs(out: str) -> dict[str, plotting.Run]:
-    root = os.path.join(out, "runs")
-    names = sorted(os.listdir(root)) if os.path.isdir(root) else []
-    return {n: plotting.load_run(os.path.join(root, n)) for n in names
-            if os.path.exists(os.path.join(root, n, "metrics.jsonl"))}
-
-
 def _table(res: dict) -> list[str]:
     cols = ("power dBm", "setting", "correction", "rounds to target",
             "energy to target J (all devices)", "busiest device J", "sim. time to target s",
@@ -341,7 +334,7 @@ def _table(res: dict) -> list[str]:
 
 
 def write_report(out: str) -> dict:
-    loaded = load_runs(out)
+    loaded = studies.load_runs(out)
     if not loaded:
         raise ConfigError(f"{out}/runs/ holds no run (metrics.jsonl); run the study first")
     study = studies.read_json(os.path.join(out, "study.json")) or {}
